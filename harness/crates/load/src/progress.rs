@@ -1,0 +1,72 @@
+//! Live progress on stderr about once per second.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::record::Recorder;
+
+/// Prints progress until dropped. On a terminal the line is rewritten in place;
+/// otherwise (CI logs, pipes) one plain line per second.
+pub struct Progress {
+    task: tokio::task::JoinHandle<()>,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn start(
+        rec: Arc<Mutex<Recorder>>,
+        asked: Option<f64>,
+        measure_start: Instant,
+    ) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut last_total = 0u64;
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                let (total, failed, p99_ms) = {
+                    let r = rec.lock().expect("recorder lock");
+                    (
+                        r.total(),
+                        r.failed(),
+                        r.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                    )
+                };
+                let line = if now < measure_start {
+                    format!("warmup, {:.1}s to go", (measure_start - now).as_secs_f64())
+                } else {
+                    let secs = (now - measure_start).as_secs_f64();
+                    let asked = asked
+                        .map(|a| format!(" (asked {a:.0})"))
+                        .unwrap_or_default();
+                    format!(
+                        "[{secs:5.1}s] {} req/s{asked} | total {total} | errors {failed} | p99 {p99_ms:.2} ms",
+                        total - last_total
+                    )
+                };
+                last_total = total;
+                let mut err = std::io::stderr().lock();
+                let _ = if tty {
+                    write!(err, "\r\x1b[2K{line}")
+                } else {
+                    writeln!(err, "{line}")
+                };
+                let _ = err.flush();
+            }
+        });
+        Progress { task, tty }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.task.abort();
+        if self.tty {
+            // Leave the cursor on a fresh line after the in-place updates.
+            eprintln!();
+        }
+    }
+}

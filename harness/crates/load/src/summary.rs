@@ -1,0 +1,240 @@
+//! summary.json: the versioned, machine-readable result of a run.
+//!
+//! The schema is committed as `schema/summary.schema.json`; bump
+//! [`SCHEMA_VERSION`] on any incompatible change.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::client::ErrorKind;
+use crate::engine::LoadResult;
+use crate::plan::Mode;
+use crate::record::CLASS_NAMES;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub tool: String,
+    pub tool_version: String,
+    pub name: String,
+    pub url: String,
+    pub method: String,
+    /// "open" (fixed rate) or "closed" (fixed connections).
+    pub mode: String,
+    pub http2: bool,
+    /// Closed loop: the connection count; open loop: the in-flight cap.
+    pub connections: u64,
+    pub tenant: Option<String>,
+    pub tier: Option<String>,
+    /// RFC 3339 UTC time measurement began.
+    pub started_at: String,
+    pub warmup_s: f64,
+    /// Start of measurement to last completion.
+    pub duration_s: f64,
+    pub rate: Rate,
+    pub requests: Requests,
+    /// Latency of all responses (any status). Open loop: from intended send time.
+    pub latency_ms: Latency,
+    /// Responses by status code, e.g. {"200": 10}.
+    pub status_counts: BTreeMap<String, u64>,
+    /// Requests without a response by kind: connect, reset, tls, timeout, other.
+    pub error_counts: BTreeMap<String, u64>,
+    /// Latency per status class ("2xx", ...), only classes that occurred.
+    pub status_classes: BTreeMap<String, Group>,
+    /// Latency per upstream "version" found in JSON response bodies.
+    pub versions: BTreeMap<String, Group>,
+    pub timeline: TimelineOut,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rate {
+    /// Requests per second asked for; null in closed loop.
+    pub asked: Option<f64>,
+    /// Completed requests per second of measurement.
+    pub achieved: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Requests {
+    /// ok + errors.
+    pub total: u64,
+    /// Responses with status 1xx-3xx.
+    pub ok: u64,
+    /// http_errors + transport_errors.
+    pub errors: u64,
+    /// Responses with status >= 400.
+    pub http_errors: u64,
+    /// Requests that got no response (see error_counts).
+    pub transport_errors: u64,
+}
+
+/// Milliseconds; all zero when there were no responses (check requests.ok).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    pub min: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    #[serde(rename = "p99.9")]
+    pub p99_9: f64,
+    #[serde(rename = "p99.99")]
+    pub p99_99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn from_histogram(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency {
+                min: 0.0,
+                mean: 0.0,
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                p99_9: 0.0,
+                p99_99: 0.0,
+                max: 0.0,
+            };
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            min: ms(h.min()),
+            mean: round3(h.mean() / 1000.0),
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+            p99_99: ms(h.value_at_quantile(0.9999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Group {
+    pub count: u64,
+    pub latency_ms: Latency,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimelineOut {
+    /// Width of each bucket in seconds (1 unless the run outgrew the bucket cap).
+    pub bucket_s: u64,
+    pub buckets: Vec<BucketOut>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BucketOut {
+    /// Bucket start, seconds from the start of measurement.
+    pub t_s: u64,
+    /// Completions in the bucket (responses and errors).
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+impl Summary {
+    pub fn from_result(name: &str, r: &LoadResult) -> Summary {
+        let rec = &r.recorder;
+        let group = |h: &Histogram<u64>| Group {
+            count: h.len(),
+            latency_ms: Latency::from_histogram(h),
+        };
+        let status_classes = CLASS_NAMES
+            .iter()
+            .zip(rec.by_class.iter())
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(n, h)| (n.to_string(), group(h)))
+            .collect();
+        let versions = rec
+            .by_version
+            .iter()
+            .map(|(v, h)| (v.clone(), group(h)))
+            .collect();
+        let buckets = rec
+            .timeline
+            .buckets()
+            .iter()
+            .map(|b| BucketOut {
+                t_s: b.start_s,
+                requests: b.requests,
+                errors: b.errors,
+                rps: round3(b.requests as f64 / b.width_s as f64),
+                p50_ms: b.p50_us as f64 / 1000.0,
+                p99_ms: b.p99_us as f64 / 1000.0,
+                max_ms: b.max_us as f64 / 1000.0,
+            })
+            .collect();
+        let connections = match r.mode {
+            Mode::Open {
+                max_connections, ..
+            } => max_connections,
+            Mode::Closed { connections } => connections,
+        } as u64;
+        let transport_errors = rec.errors.total();
+        Summary {
+            schema_version: SCHEMA_VERSION,
+            tool: "meshtest-load".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            name: name.into(),
+            url: r.url.clone(),
+            method: r.method.clone(),
+            mode: r.mode_name().into(),
+            http2: r.http2,
+            connections,
+            tenant: r.tenant.clone(),
+            tier: r.tier.clone(),
+            started_at: crate::report::rfc3339(r.started_at),
+            warmup_s: round3(r.warmup.as_secs_f64()),
+            duration_s: round3(r.elapsed.as_secs_f64()),
+            rate: Rate {
+                asked: r.asked_rate(),
+                achieved: round3(r.achieved_rate()),
+            },
+            requests: Requests {
+                total: rec.total(),
+                ok: rec.ok,
+                errors: rec.failed(),
+                http_errors: rec.responses - rec.ok,
+                transport_errors,
+            },
+            latency_ms: Latency::from_histogram(&rec.latency),
+            status_counts: rec
+                .status
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
+            error_counts: ErrorKind::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), rec.errors.get(*k)))
+                .collect(),
+            status_classes,
+            versions,
+            timeline: TimelineOut {
+                bucket_s: rec.timeline.width_s(),
+                buckets,
+            },
+        }
+    }
+
+    /// Share of requests that did not end in a 1xx-3xx response.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests.total == 0 {
+            0.0
+        } else {
+            self.requests.errors as f64 / self.requests.total as f64
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Kubernetes + Istio manifests: a directory of multi-document YAML parsed into typed resources.
+//!
+//! Every resource remembers the file and line it came from, so translation errors can name them.
+//! Istio specs deny unknown fields: a field meshtest cannot translate must be an error, never
+//! silently dropped (a dropped security field is a false pass).
+
+pub mod istio;
+pub mod kube;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::InputError;
+
+/// Where a resource came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: u64,
+}
+
+impl Origin {
+    /// An error about `field` of the resource at this origin.
+    pub fn error(&self, field: &str, message: impl Into<String>) -> InputError {
+        InputError::new(&self.file, message)
+            .at_line(self.line)
+            .field(field)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One resource with its metadata, spec and origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource<S> {
+    pub metadata: Metadata,
+    pub spec: S,
+    pub origin: Origin,
+}
+
+impl<S> Resource<S> {
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// Everything a mesh directory declares.
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    pub dir: PathBuf,
+    pub namespaces: Vec<Resource<()>>,
+    pub service_accounts: Vec<Resource<()>>,
+    pub deployments: Vec<Resource<kube::DeploymentSpec>>,
+    pub services: Vec<Resource<kube::ServiceSpec>>,
+    pub peer_authentications: Vec<Resource<istio::PeerAuthenticationSpec>>,
+    pub authorization_policies: Vec<Resource<istio::AuthorizationPolicySpec>>,
+    pub request_authentications: Vec<Resource<istio::RequestAuthenticationSpec>>,
+    pub destination_rules: Vec<Resource<istio::DestinationRuleSpec>>,
+    pub virtual_services: Vec<Resource<istio::VirtualServiceSpec>>,
+    pub gateways: Vec<Resource<istio::GatewaySpec>>,
+    pub envoy_filters: Vec<Resource<istio::EnvoyFilterSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Document<S> {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: Metadata,
+    spec: S,
+}
+
+/// Documents without a spec (ServiceAccount, Namespace).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BareDocument {
+    metadata: Metadata,
+}
+
+impl Manifests {
+    /// Loads every `*.yaml` / `*.yml` file in `dir` (sorted by name; not recursive).
+    pub fn load_dir(dir: &Path) -> Result<Manifests, InputError> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| InputError::new(dir, format!("cannot read mesh directory: {e}")))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(InputError::new(
+                dir,
+                "no *.yaml manifests in the mesh directory",
+            ));
+        }
+        let mut manifests = Manifests {
+            dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| InputError::new(&file, format!("cannot read: {e}")))?;
+            manifests.add_text(&file, &text)?;
+        }
+        Ok(manifests)
+    }
+
+    /// Parses one multi-document YAML text as if read from `file`.
+    pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), InputError> {
+        for (first_line, doc) in split_documents(text) {
+            if doc
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+            {
+                continue;
+            }
+            let origin = Origin {
+                file: file.to_path_buf(),
+                line: first_line,
+            };
+            self.add_document(&origin, &doc)?;
+        }
+        Ok(())
+    }
+
+    fn add_document(&mut self, origin: &Origin, doc: &str) -> Result<(), InputError> {
+        let header: Header = parse(origin, doc)?;
+        let kind = header.kind.ok_or_else(|| {
+            InputError::new(&origin.file, "document has no `kind`").at_line(origin.line)
+        })?;
+        let api = header.api_version.unwrap_or_default();
+        if header.metadata.as_ref().is_none_or(|m| m.name.is_empty()) {
+            return Err(origin.error("metadata.name", format!("{kind} has no name")));
+        }
+        match (api.split('/').next().unwrap_or(""), kind.as_str()) {
+            ("v1", "Namespace") => self.namespaces.push(bare(origin, doc)?),
+            ("v1", "ServiceAccount") => self.service_accounts.push(bare(origin, doc)?),
+            ("apps", "Deployment") => self.deployments.push(typed(origin, doc)?),
+            ("v1", "Service") => self.services.push(typed(origin, doc)?),
+            ("security.istio.io", "PeerAuthentication") => {
+                self.peer_authentications.push(typed(origin, doc)?)
+            }
+            ("security.istio.io", "AuthorizationPolicy") => {
+                self.authorization_policies.push(typed(origin, doc)?)
+            }
+            ("security.istio.io", "RequestAuthentication") => {
+                self.request_authentications.push(typed(origin, doc)?)
+            }
+            ("networking.istio.io", "DestinationRule") => {
+                self.destination_rules.push(typed(origin, doc)?)
+            }
+            ("networking.istio.io", "VirtualService") => {
+                self.virtual_services.push(typed(origin, doc)?)
+            }
+            ("networking.istio.io", "Gateway") => self.gateways.push(typed(origin, doc)?),
+            ("networking.istio.io", "EnvoyFilter") => self.envoy_filters.push(typed(origin, doc)?),
+            _ => {
+                return Err(origin.error(
+                    "kind",
+                    format!("unsupported resource {api}/{kind}: meshtest translates Namespace, ServiceAccount, Deployment, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway and EnvoyFilter"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bare(origin: &Origin, doc: &str) -> Result<Resource<()>, InputError> {
+    let d: BareDocument = parse(origin, doc)?;
+    Ok(Resource {
+        metadata: d.metadata,
+        spec: (),
+        origin: origin.clone(),
+    })
+}
+
+fn typed<S: DeserializeOwned>(origin: &Origin, doc: &str) -> Result<Resource<S>, InputError> {
+    let d: Document<S> = parse(origin, doc)?;
+    Ok(Resource {
+        metadata: d.metadata,
+        spec: d.spec,
+        origin: origin.clone(),
+    })
+}
+
+/// Parses a document, turning YAML errors into file:line errors in the original file.
+fn parse<T: DeserializeOwned>(origin: &Origin, doc: &str) -> Result<T, InputError> {
+    serde_saphyr::from_str::<T>(doc).map_err(|e| {
+        let line = e.location().map(|l| origin.line + l.line().saturating_sub(1)).unwrap_or(origin.line);
+        let message = first_line_of(&e.to_string());
+        let mut err = InputError::new(&origin.file, message.clone()).at_line(line);
+        if let Some(field) = unknown_field_name(&message) {
+            err.message = format!("unsupported field `{field}`: meshtest's translator does not handle it, and dropping it could hide a broken promise ({message})");
+            err = err.field(field);
+        }
+        err
+    })
+}
+
+fn first_line_of(s: &str) -> String {
+    s.lines().next().unwrap_or(s).trim().to_string()
+}
+
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// Splits multi-document YAML at `---` lines; yields (1-based first line, text).
+fn split_documents(text: &str) -> Vec<(u64, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1u64;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push((start, std::mem::take(&mut current)));
+            start = i as u64 + 2;
+            continue;
+        }
+        // Keep line numbers aligned: blank out nothing, just accumulate.
+        current.push_str(line);
+        current.push('\n');
+    }
+    docs.push((start, current));
+    docs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Manifests, InputError> {
+        let mut m = Manifests::default();
+        m.add_text(Path::new("test.yaml"), text).map(|_| m)
+    }
+
+    #[test]
+    fn splits_documents_and_keeps_lines() {
+        let docs = split_documents("a: 1\n---\nb: 2\nc: 3\n---\nd: 4\n");
+        assert_eq!(docs.iter().map(|d| d.0).collect::<Vec<_>>(), vec![1, 3, 6]);
+    }
+
+    #[test]
+    fn unsupported_field_names_file_line_and_field() {
+        let err = load(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: a\n---\napiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\nspec:\n  rules:\n  - when:\n    - key: request.headers[x]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.file, Path::new("test.yaml"));
+        assert_eq!(err.field.as_deref(), Some("when"));
+        assert_eq!(err.line, Some(12), "{err}");
+    }
+
+    #[test]
+    fn malformed_yaml_names_line() {
+        let err = load("apiVersion: v1\nkind: Service\nmetadata:\n  name: [x\n").unwrap_err();
+        assert!(err.line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn unknown_kind_is_an_error() {
+        let err = load("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("kind"));
+    }
+
+    #[test]
+    fn the_pyairtable_mesh_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh/pyairtable");
+        let m = Manifests::load_dir(&dir).unwrap();
+        assert_eq!(m.services.len(), 6);
+        assert_eq!(m.deployments.len(), 7);
+        assert_eq!(m.peer_authentications.len(), 1);
+    }
+}

@@ -1,0 +1,245 @@
+//! The mesh as workloads: services, pods and their identities, resolved from the manifests.
+
+use std::collections::BTreeMap;
+
+use crate::error::InputError;
+use crate::manifest::Manifests;
+
+/// Where Istio's ingress gateway lives, and who it is.
+pub const INGRESS_NAMESPACE: &str = "istio-system";
+pub const INGRESS_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
+/// Namespace whose selector-less policies apply mesh-wide.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub port: u16,
+    pub target_port: u16,
+    pub selector: BTreeMap<String, String>,
+}
+
+impl Service {
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}.svc.{TRUST_DOMAIN}", self.name, self.namespace)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    /// The Service that selects this pod.
+    pub service: String,
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    /// Container args and literal env, for the agent.
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// 0-based index of this pod among its service's pods (stable across runs).
+    pub ordinal: usize,
+}
+
+impl Pod {
+    pub fn spiffe_id(&self) -> String {
+        spiffe_id(&self.namespace, &self.service_account)
+    }
+}
+
+pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
+}
+
+/// A workload the policies may select: a pod or the ingress gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Workload {
+    pub fn of(pod: &Pod) -> Workload {
+        Workload {
+            namespace: pod.namespace.clone(),
+            labels: pod.labels.clone(),
+        }
+    }
+
+    pub fn ingress_gateway() -> Workload {
+        Workload {
+            namespace: INGRESS_NAMESPACE.into(),
+            labels: [("istio", "ingressgateway"), ("app", "istio-ingressgateway")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Does a policy in `namespace` with this selector apply to the workload?
+    pub fn selected_by(
+        &self,
+        namespace: &str,
+        selector: Option<&BTreeMap<String, String>>,
+    ) -> bool {
+        let in_scope = namespace == self.namespace || namespace == ROOT_NAMESPACE;
+        in_scope && selector.is_none_or(|s| labels_match(s, &self.labels))
+    }
+}
+
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The manifests, resolved into services and pods.
+#[derive(Debug, Clone)]
+pub struct MeshModel {
+    pub manifests: Manifests,
+    pub services: Vec<Service>,
+    pub pods: Vec<Pod>,
+}
+
+impl MeshModel {
+    pub fn build(manifests: Manifests) -> Result<MeshModel, InputError> {
+        let mut services = Vec::new();
+        for s in &manifests.services {
+            let port = s
+                .spec
+                .ports
+                .first()
+                .ok_or_else(|| s.origin.error("spec.ports", "Service has no ports"))?;
+            if s.spec.ports.len() > 1 {
+                return Err(s
+                    .origin
+                    .error("spec.ports", "meshtest supports one port per Service"));
+            }
+            services.push(Service {
+                name: s.name().to_string(),
+                namespace: s.namespace().to_string(),
+                port: port.port,
+                target_port: port.target_port.unwrap_or(port.port),
+                selector: s.spec.selector.clone(),
+            });
+        }
+        let mut pods: Vec<Pod> = Vec::new();
+        for d in &manifests.deployments {
+            let labels = d.spec.template.metadata.labels.clone();
+            if !labels_match(&d.spec.selector.match_labels, &labels) {
+                return Err(d.origin.error(
+                    "spec.selector.matchLabels",
+                    "selector does not match the pod template's labels",
+                ));
+            }
+            let ns = d.namespace().to_string();
+            let service = services
+                .iter()
+                .find(|s| {
+                    s.namespace == ns
+                        && !s.selector.is_empty()
+                        && labels_match(&s.selector, &labels)
+                })
+                .ok_or_else(|| {
+                    d.origin.error(
+                        "spec.template.metadata.labels",
+                        format!("no Service selects Deployment {}", d.name()),
+                    )
+                })?;
+            let sa = d
+                .spec
+                .template
+                .spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            if !manifests
+                .service_accounts
+                .iter()
+                .any(|a| a.name() == sa && a.namespace() == ns)
+            {
+                return Err(d.origin.error(
+                    "spec.template.spec.serviceAccountName",
+                    format!("ServiceAccount {sa} is not declared in namespace {ns}"),
+                ));
+            }
+            let container = d.spec.template.spec.containers.first().ok_or_else(|| {
+                d.origin
+                    .error("spec.template.spec.containers", "no containers")
+            })?;
+            let env = container
+                .env
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+                .collect();
+            let version = labels
+                .get("version")
+                .cloned()
+                .unwrap_or_else(|| "v1".into());
+            for i in 0..d.spec.replicas {
+                let ordinal = pods
+                    .iter()
+                    .filter(|p| p.service == service.name && p.namespace == ns)
+                    .count();
+                pods.push(Pod {
+                    name: format!("{}-{i}", d.name()),
+                    namespace: ns.clone(),
+                    service: service.name.clone(),
+                    version: version.clone(),
+                    labels: labels.clone(),
+                    service_account: sa.clone(),
+                    args: container.args.clone(),
+                    env: BTreeMap::clone(&env),
+                    ordinal,
+                });
+            }
+        }
+        for s in &services {
+            if !pods
+                .iter()
+                .any(|p| p.service == s.name && p.namespace == s.namespace)
+            {
+                let origin = &manifests
+                    .services
+                    .iter()
+                    .find(|m| m.name() == s.name)
+                    .expect("service from manifests")
+                    .origin;
+                return Err(origin.error(
+                    "spec.selector",
+                    format!("Service {} selects no Deployment's pods", s.name),
+                ));
+            }
+        }
+        Ok(MeshModel {
+            manifests,
+            services,
+            pods,
+        })
+    }
+
+    pub fn pods_of<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods
+            .iter()
+            .filter(move |p| p.service == service.name && p.namespace == service.namespace)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Resolves a host as written in a VirtualService/DestinationRule in `namespace`
+    /// (short name, name.ns, or FQDN) to a Service.
+    pub fn resolve_host(&self, host: &str, namespace: &str) -> Option<&Service> {
+        let host = host.split(':').next().unwrap_or(host);
+        self.services.iter().find(|s| {
+            (s.namespace == namespace && host == s.name)
+                || host == format!("{}.{}", s.name, s.namespace)
+                || host == format!("{}.{}.svc", s.name, s.namespace)
+                || host == s.fqdn()
+        })
+    }
+}

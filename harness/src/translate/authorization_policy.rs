@@ -1,0 +1,297 @@
+//! AuthorizationPolicy -> envoy.filters.http.rbac filters (DENY first, then ALLOW), as Istio
+//! builds them (pilot/pkg/security/authz/builder), with stock-Envoy JWT metadata for
+//! requestPrincipals.
+
+use serde_json::{Map, Value, json};
+
+use crate::manifest::istio::{
+    AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzRule, AuthzSource,
+};
+use crate::manifest::{Manifests, Resource};
+use crate::model::Workload;
+
+use super::request_authentication::{JWT_FILTER, PAYLOAD_METADATA_KEY};
+
+const RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+/// The RBAC HTTP filters for a workload, in Istio's order: DENY, then ALLOW. No ALLOW policy
+/// means no ALLOW filter (everything allowed); an ALLOW policy with no rules allows nothing.
+pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Vec<Value> {
+    let applicable: Vec<&Resource<AuthorizationPolicySpec>> = manifests
+        .authorization_policies
+        .iter()
+        .filter(|p| {
+            workload.selected_by(
+                p.namespace(),
+                p.spec.selector.as_ref().map(|s| &s.match_labels),
+            )
+        })
+        .collect();
+    let mut filters = Vec::new();
+    for (action, name) in [(AuthzAction::Deny, "DENY"), (AuthzAction::Allow, "ALLOW")] {
+        let of_action: Vec<_> = applicable
+            .iter()
+            .filter(|p| p.spec.action.unwrap_or(AuthzAction::Allow) == action)
+            .collect();
+        if of_action.is_empty() {
+            continue;
+        }
+        let mut policies = Map::new();
+        for p in of_action {
+            for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
+                let key = format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace(), p.name());
+                policies.insert(key, policy(rule));
+            }
+        }
+        filters.push(json!({
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {"@type": RBAC_TYPE, "rules": {"action": name, "policies": policies}},
+        }));
+    }
+    filters
+}
+
+fn policy(rule: &AuthzRule) -> Value {
+    let principals = if rule.from.is_empty() {
+        json!([{"any": true}])
+    } else {
+        json!([or_ids(
+            rule.from.iter().map(|f| source(&f.source)).collect()
+        )])
+    };
+    let permissions = if rule.to.is_empty() {
+        json!([{"any": true}])
+    } else {
+        json!([or_rules(
+            rule.to.iter().map(|t| operation(&t.operation)).collect()
+        )])
+    };
+    json!({"permissions": permissions, "principals": principals})
+}
+
+fn source(s: &AuthzSource) -> Value {
+    let mut ands = Vec::new();
+    if !s.principals.is_empty() {
+        ands.push(or_ids(
+            s.principals.iter().map(|p| peer_principal(p)).collect(),
+        ));
+    }
+    if !s.not_principals.is_empty() {
+        ands.push(
+            json!({"not_id": or_ids(s.not_principals.iter().map(|p| peer_principal(p)).collect())}),
+        );
+    }
+    if !s.namespaces.is_empty() {
+        ands.push(or_ids(s.namespaces.iter().map(|n| namespace(n)).collect()));
+    }
+    if !s.not_namespaces.is_empty() {
+        ands.push(
+            json!({"not_id": or_ids(s.not_namespaces.iter().map(|n| namespace(n)).collect())}),
+        );
+    }
+    if !s.request_principals.is_empty() {
+        ands.push(or_ids(
+            s.request_principals
+                .iter()
+                .map(|p| request_principal(p))
+                .collect(),
+        ));
+    }
+    if !s.not_request_principals.is_empty() {
+        ands.push(json!({"not_id": or_ids(s.not_request_principals.iter().map(|p| request_principal(p)).collect())}));
+    }
+    if ands.is_empty() {
+        return json!({"any": true});
+    }
+    json!({"and_ids": {"ids": ands}})
+}
+
+fn operation(o: &AuthzOperation) -> Value {
+    let mut ands = Vec::new();
+    if !o.paths.is_empty() {
+        ands.push(or_rules(o.paths.iter().map(|p| path(p)).collect()));
+    }
+    if !o.not_paths.is_empty() {
+        ands.push(json!({"not_rule": or_rules(o.not_paths.iter().map(|p| path(p)).collect())}));
+    }
+    if !o.methods.is_empty() {
+        ands.push(or_rules(o.methods.iter().map(|m| method(m)).collect()));
+    }
+    if !o.not_methods.is_empty() {
+        ands.push(json!({"not_rule": or_rules(o.not_methods.iter().map(|m| method(m)).collect())}));
+    }
+    if ands.is_empty() {
+        return json!({"any": true});
+    }
+    json!({"and_rules": {"rules": ands}})
+}
+
+fn or_ids(ids: Vec<Value>) -> Value {
+    json!({"or_ids": {"ids": ids}})
+}
+
+fn or_rules(rules: Vec<Value>) -> Value {
+    json!({"or_rules": {"rules": rules}})
+}
+
+/// Istio's wildcard convention on a string: "*" any, "p*" prefix, "*s" suffix, else exact.
+fn string_match(value: &str, prefix: &str) -> Value {
+    if value == "*" {
+        json!({"safe_regex": {"regex": ".+"}})
+    } else if let Some(p) = value.strip_suffix('*') {
+        json!({"prefix": format!("{prefix}{p}")})
+    } else if let Some(s) = value.strip_prefix('*') {
+        json!({"suffix": s})
+    } else {
+        json!({"exact": format!("{prefix}{value}")})
+    }
+}
+
+fn peer_principal(p: &str) -> Value {
+    json!({"authenticated": {"principal_name": string_match(p, "spiffe://")}})
+}
+
+fn namespace(ns: &str) -> Value {
+    let regex = format!(".*/ns/{}/.*", regex_escape(ns));
+    json!({"authenticated": {"principal_name": {"safe_regex": {"regex": regex}}}})
+}
+
+/// A request principal is "iss/sub" from the verified JWT; jwt_authn puts the payload in
+/// dynamic metadata, so match its iss and sub there.
+fn request_principal(p: &str) -> Value {
+    let claim = |key: &str, m: Value| json!({"metadata": {"filter": JWT_FILTER, "path": [{"key": PAYLOAD_METADATA_KEY}, {"key": key}], "value": {"string_match": m}}});
+    if p == "*" {
+        return claim("iss", json!({"safe_regex": {"regex": ".+"}}));
+    }
+    match p.rsplit_once('/') {
+        Some((iss, sub)) => {
+            json!({"and_ids": {"ids": [claim("iss", string_match(iss, "")), claim("sub", string_match(sub, ""))]}})
+        }
+        None => claim("iss", string_match(p, "")),
+    }
+}
+
+fn path(p: &str) -> Value {
+    json!({"url_path": {"path": string_match(p, "")}})
+}
+
+fn method(m: &str) -> Value {
+    json!({"header": {"name": ":method", "string_match": {"exact": m}}})
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn filters(yaml: &str, app: &str) -> Vec<Value> {
+        let mut m = Manifests::default();
+        m.add_text(Path::new("t.yaml"), yaml).unwrap();
+        let w = Workload {
+            namespace: "pyairtable".into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+        };
+        rbac_filters(&m, &w)
+    }
+
+    const AUTH_ONLY_FROM_GATEWAY: &str = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: auth-service-access, namespace: pyairtable}\nspec:\n  selector: {matchLabels: {app: auth-service}}\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/pyairtable/sa/api-gateway-sa\"]\n";
+
+    #[test]
+    fn principal_becomes_spiffe_exact_match() {
+        let f = filters(AUTH_ONLY_FROM_GATEWAY, "auth-service");
+        assert_eq!(f.len(), 1);
+        let rules = &f[0]["typed_config"]["rules"];
+        assert_eq!(rules["action"], "ALLOW");
+        let p = &rules["policies"]["ns[pyairtable]-policy[auth-service-access]-rule[0]"];
+        assert_eq!(p["permissions"], json!([{"any": true}]));
+        let id = &p["principals"][0]["or_ids"]["ids"][0]["and_ids"]["ids"][0]["or_ids"]["ids"][0];
+        assert_eq!(
+            id["authenticated"]["principal_name"]["exact"],
+            "spiffe://cluster.local/ns/pyairtable/sa/api-gateway-sa"
+        );
+    }
+
+    #[test]
+    fn policy_does_not_apply_to_other_workloads() {
+        assert!(filters(AUTH_ONLY_FROM_GATEWAY, "llm-orchestrator").is_empty());
+    }
+
+    #[test]
+    fn allow_without_rules_allows_nothing() {
+        let f = filters(
+            "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: pyairtable}\nspec: {}\n",
+            "x",
+        );
+        assert_eq!(f[0]["typed_config"]["rules"]["policies"], json!({}));
+    }
+
+    #[test]
+    fn empty_rule_allows_all() {
+        let f = filters(
+            "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: pyairtable}\nspec: {rules: [{}]}\n",
+            "x",
+        );
+        let p =
+            &f[0]["typed_config"]["rules"]["policies"]["ns[pyairtable]-policy[allow-all]-rule[0]"];
+        assert_eq!(
+            p,
+            &json!({"permissions": [{"any": true}], "principals": [{"any": true}]})
+        );
+    }
+
+    #[test]
+    fn deny_comes_before_allow() {
+        let f = filters(
+            "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: pyairtable}\nspec: {rules: [{}]}\n---\napiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: pyairtable}\nspec: {action: DENY, rules: [{to: [{operation: {paths: [\"/admin/*\"]}}]}]}\n",
+            "x",
+        );
+        assert_eq!(f[0]["typed_config"]["rules"]["action"], "DENY");
+        assert_eq!(f[1]["typed_config"]["rules"]["action"], "ALLOW");
+        let perm = &f[0]["typed_config"]["rules"]["policies"]["ns[pyairtable]-policy[d]-rule[0]"]["permissions"]
+            [0];
+        assert_eq!(
+            perm["or_rules"]["rules"][0]["and_rules"]["rules"][0]["or_rules"]["rules"][0]["url_path"]
+                ["path"]["prefix"],
+            "/admin/"
+        );
+    }
+
+    #[test]
+    fn wildcards_and_request_principals() {
+        assert_eq!(
+            string_match("*", "spiffe://"),
+            json!({"safe_regex": {"regex": ".+"}})
+        );
+        assert_eq!(
+            string_match("cluster.local/*", "spiffe://"),
+            json!({"prefix": "spiffe://cluster.local/"})
+        );
+        assert_eq!(string_match("*-sa", "spiffe://"), json!({"suffix": "-sa"}));
+        let rp = request_principal("*");
+        assert_eq!(
+            rp["metadata"]["path"],
+            json!([{"key": "payload"}, {"key": "iss"}])
+        );
+        let rp = request_principal("pyairtable-auth/tenant-a");
+        assert_eq!(
+            rp["and_ids"]["ids"][1]["metadata"]["value"]["string_match"]["exact"],
+            "tenant-a"
+        );
+        assert_eq!(
+            namespace("pyairtable")["authenticated"]["principal_name"]["safe_regex"]["regex"],
+            ".*/ns/pyairtable/.*"
+        );
+    }
+}

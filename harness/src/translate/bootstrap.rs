@@ -1,0 +1,29 @@
+//! The static bootstrap of a local Envoy: admin, runtime, and filesystem xDS for the rest.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+pub const LDS_FILE: &str = "lds.json";
+pub const CDS_FILE: &str = "cds.json";
+
+/// Envoy reloads LDS/CDS when a file in `xds_dir` is replaced by a rename (see `local::xds`).
+pub fn bootstrap(node_id: &str, cluster: &str, admin: SocketAddr, xds_dir: &Path) -> Value {
+    let source = |file: &str| {
+        json!({
+            "resource_api_version": "V3",
+            "path_config_source": {"path": xds_dir.join(file), "watched_directory": {"path": xds_dir}},
+        })
+    };
+    json!({
+        "node": {"id": node_id, "cluster": cluster},
+        "admin": {"address": {"socket_address": {"address": admin.ip().to_string(), "port_value": admin.port()}}},
+        "dynamic_resources": {"lds_config": source(LDS_FILE), "cds_config": source(CDS_FILE)},
+        "layered_runtime": {"layers": [
+            {"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}},
+            // Chaos and tests flip runtime keys (e.g. fault percentages) through /runtime_modify.
+            {"name": "admin", "admin_layer": {}},
+        ]},
+    })
+}

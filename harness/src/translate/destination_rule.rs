@@ -1,0 +1,326 @@
+//! DestinationRule -> outbound clusters: one per service and per subset, carrying the connection
+//! pool (circuit_breakers), outlier detection, load balancing and ISTIO_MUTUAL client TLS.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::error::InputError;
+use crate::manifest::istio::{ClientTlsMode, DestinationRuleSpec, LbPolicy, TrafficPolicy};
+use crate::manifest::{Origin, Resource};
+use crate::model::{MeshModel, Service, labels_match};
+
+use super::{CertFiles, Endpoints, duration};
+
+/// Istio's cluster name: outbound|PORT|SUBSET|FQDN.
+pub fn cluster_name(service: &Service, subset: Option<&str>) -> String {
+    format!(
+        "outbound|{}|{}|{}",
+        service.port,
+        subset.unwrap_or(""),
+        service.fqdn()
+    )
+}
+
+/// Every outbound cluster a proxy with `certs` needs to reach every service of the mesh.
+pub fn outbound_clusters(
+    model: &MeshModel,
+    certs: &CertFiles,
+    endpoints: &Endpoints,
+) -> Result<Vec<Value>, InputError> {
+    let mut clusters = Vec::new();
+    for service in &model.services {
+        let rule = rule_for(model, service)?;
+        let top = rule.and_then(|r| r.spec.traffic_policy.as_ref());
+        clusters.push(cluster(
+            model,
+            service,
+            None,
+            &Default::default(),
+            top,
+            rule.map(|r| &r.origin),
+            certs,
+            endpoints,
+        )?);
+        for subset in rule.iter().flat_map(|r| r.spec.subsets.iter()) {
+            let policy = subset.traffic_policy.as_ref().map(|p| merge(top, p));
+            let policy = policy.as_ref().or(top);
+            clusters.push(cluster(
+                model,
+                service,
+                Some(&subset.name),
+                &subset.labels,
+                policy,
+                rule.map(|r| &r.origin),
+                certs,
+                endpoints,
+            )?);
+        }
+    }
+    Ok(clusters)
+}
+
+/// The DestinationRule for a service (at most one, as Istio merges only across namespaces).
+fn rule_for<'a>(
+    model: &'a MeshModel,
+    service: &Service,
+) -> Result<Option<&'a Resource<DestinationRuleSpec>>, InputError> {
+    let mut rules = model.manifests.destination_rules.iter().filter(|r| {
+        model
+            .resolve_host(&r.spec.host, r.namespace())
+            .is_some_and(|s| s == service)
+    });
+    let first = rules.next();
+    if let Some(second) = rules.next() {
+        return Err(second.origin.error(
+            "spec.host",
+            format!("a second DestinationRule for {}", service.fqdn()),
+        ));
+    }
+    Ok(first)
+}
+
+/// A subset's traffic policy replaces the top-level one field by field.
+fn merge(top: Option<&TrafficPolicy>, subset: &TrafficPolicy) -> TrafficPolicy {
+    let top = top.cloned().unwrap_or_default();
+    TrafficPolicy {
+        tls: subset.tls.clone().or(top.tls),
+        load_balancer: subset.load_balancer.clone().or(top.load_balancer),
+        connection_pool: subset.connection_pool.clone().or(top.connection_pool),
+        outlier_detection: subset.outlier_detection.clone().or(top.outlier_detection),
+    }
+}
+
+const UNSET_THRESHOLD: u32 = u32::MAX;
+
+#[allow(clippy::too_many_arguments)]
+fn cluster(
+    model: &MeshModel,
+    service: &Service,
+    subset: Option<&str>,
+    subset_labels: &std::collections::BTreeMap<String, String>,
+    policy: Option<&TrafficPolicy>,
+    origin: Option<&Origin>,
+    certs: &CertFiles,
+    endpoints: &Endpoints,
+) -> Result<Value, InputError> {
+    let field_err = |field: &str, msg: &str| match origin {
+        Some(o) => o.error(field, msg),
+        None => InputError::new(&model.manifests.dir, msg.to_string()).field(field),
+    };
+    let dur = |field: &str, text: &Option<String>| -> Result<Option<Duration>, InputError> {
+        match text {
+            None => Ok(None),
+            Some(t) => duration::parse(t)
+                .map(Some)
+                .ok_or_else(|| field_err(field, &format!("`{t}` is not a duration"))),
+        }
+    };
+    let pods: Vec<_> = model
+        .pods_of(service)
+        .filter(|p| labels_match(subset_labels, &p.labels))
+        .collect();
+    let lb_endpoints: Vec<Value> = pods
+        .iter()
+        .map(|p| {
+            let addr = endpoints(p);
+            json!({"endpoint": {"address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}}}})
+        })
+        .collect();
+    let name = cluster_name(service, subset);
+    let pool = policy.and_then(|p| p.connection_pool.as_ref());
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    let connect_timeout = dur(
+        "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+        &tcp.and_then(|t| t.connect_timeout.clone()),
+    )?
+    .unwrap_or(Duration::from_secs(10));
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": duration::envoy(connect_timeout),
+        "lb_policy": match policy.and_then(|p| p.load_balancer.as_ref()).map(|l| l.simple) {
+            Some(LbPolicy::LeastRequest | LbPolicy::LeastConn) => "LEAST_REQUEST",
+            Some(LbPolicy::Random) => "RANDOM",
+            _ => "ROUND_ROBIN",
+        },
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
+        "circuit_breakers": {"thresholds": [{
+            "max_connections": tcp.and_then(|t| t.max_connections).unwrap_or(UNSET_THRESHOLD),
+            "max_pending_requests": http.and_then(|h| h.http1_max_pending_requests).unwrap_or(UNSET_THRESHOLD),
+            "max_requests": http.and_then(|h| h.http2_max_requests).unwrap_or(UNSET_THRESHOLD),
+            "max_retries": http.and_then(|h| h.max_retries).unwrap_or(UNSET_THRESHOLD),
+            "track_remaining": true,
+        }]},
+        // Istio's default minHealthPercent is 0: panic mode off, so all-ejected means "no healthy upstream".
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
+    });
+    let mut protocol = json!({
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http_protocol_options": {}},
+    });
+    if let Some(h) = http {
+        let mut common = serde_json::Map::new();
+        if let Some(n) = h.max_requests_per_connection {
+            common.insert("max_requests_per_connection".into(), json!(n));
+        }
+        if let Some(t) = dur(
+            "spec.trafficPolicy.connectionPool.http.idleTimeout",
+            &h.idle_timeout,
+        )? {
+            common.insert("idle_timeout".into(), json!(duration::envoy(t)));
+        }
+        if !common.is_empty() {
+            protocol["common_http_protocol_options"] = Value::Object(common);
+        }
+    }
+    c["typed_extension_protocol_options"] =
+        json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": protocol});
+    if let Some(o) = policy.and_then(|p| p.outlier_detection.as_ref()) {
+        let f = "spec.trafficPolicy.outlierDetection";
+        let mut od = json!({"enforcing_success_rate": 0});
+        if let Some(n) = o.consecutive_5xx_errors {
+            od["consecutive_5xx"] = json!(n);
+            od["enforcing_consecutive_5xx"] = json!(if n > 0 { 100 } else { 0 });
+        }
+        if let Some(n) = o.consecutive_gateway_errors {
+            od["consecutive_gateway_failure"] = json!(n);
+            od["enforcing_consecutive_gateway_failure"] = json!(if n > 0 { 100 } else { 0 });
+        }
+        if let Some(d) = dur(&format!("{f}.interval"), &o.interval)? {
+            od["interval"] = json!(duration::envoy(d));
+        }
+        if let Some(d) = dur(&format!("{f}.baseEjectionTime"), &o.base_ejection_time)? {
+            od["base_ejection_time"] = json!(duration::envoy(d));
+        }
+        if let Some(p) = o.max_ejection_percent.filter(|p| *p > 0) {
+            od["max_ejection_percent"] = json!(p);
+        }
+        if let Some(p) = o.min_health_percent {
+            c["common_lb_config"]["healthy_panic_threshold"]["value"] = json!(p as f64);
+        }
+        c["outlier_detection"] = od;
+    }
+    let tls_mode = policy
+        .and_then(|p| p.tls.as_ref())
+        .map(|t| t.mode)
+        .unwrap_or_default();
+    if tls_mode == ClientTlsMode::IstioMutual {
+        let sans: BTreeSet<String> = model.pods_of(service).map(|p| p.spiffe_id()).collect();
+        let sans: Vec<Value> = sans
+            .into_iter()
+            .map(|s| json!({"san_type": "URI", "matcher": {"exact": s}}))
+            .collect();
+        c["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": format!("outbound_.{}_.{}_.{}", service.port, subset.unwrap_or(""), service.fqdn()),
+                "common_tls_context": {
+                    "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
+                    "alpn_protocols": ["istio-http/1.1", "istio", "http/1.1"],
+                    "tls_certificates": [certs.tls_certificate()],
+                    "validation_context": {"trusted_ca": {"filename": certs.ca}, "match_typed_subject_alt_names": sans},
+                },
+            },
+        });
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::tests::{certs, model_of, pyairtable_model};
+    use std::net::SocketAddr;
+
+    fn endpoints() -> Box<dyn Fn(&crate::model::Pod) -> SocketAddr> {
+        Box::new(|p| SocketAddr::from(([127, 0, 1, 1 + p.ordinal as u8], 8080)))
+    }
+
+    #[test]
+    fn seed_values_become_circuit_breakers_and_outlier_detection() {
+        let model = pyairtable_model();
+        let clusters = outbound_clusters(&model, &certs(), &endpoints()).unwrap();
+        let c = clusters
+            .iter()
+            .find(|c| c["name"] == "outbound|8080||auth-service.pyairtable.svc.cluster.local")
+            .unwrap();
+        let t = &c["circuit_breakers"]["thresholds"][0];
+        assert_eq!(t["max_connections"], 50);
+        assert_eq!(t["max_pending_requests"], 50);
+        assert_eq!(t["max_requests"], 100);
+        assert_eq!(t["max_retries"], 3);
+        assert_eq!(c["connect_timeout"], "30s");
+        assert_eq!(c["outlier_detection"]["consecutive_gateway_failure"], 3);
+        assert_eq!(
+            c["outlier_detection"]["enforcing_consecutive_gateway_failure"],
+            100
+        );
+        assert_eq!(c["outlier_detection"]["interval"], "30s");
+        assert_eq!(c["outlier_detection"]["base_ejection_time"], "30s");
+        assert_eq!(c["outlier_detection"]["enforcing_success_rate"], 0);
+        assert_eq!(
+            c["common_lb_config"]["healthy_panic_threshold"]["value"],
+            0.0
+        );
+        let http = &c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        assert_eq!(
+            http["common_http_protocol_options"]["max_requests_per_connection"],
+            5
+        );
+        let tls = &c["transport_socket"]["typed_config"];
+        assert_eq!(
+            tls["sni"],
+            "outbound_.8080_._.auth-service.pyairtable.svc.cluster.local"
+        );
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]
+                ["exact"],
+            "spiffe://cluster.local/ns/pyairtable/sa/auth-service-sa"
+        );
+    }
+
+    #[test]
+    fn subsets_select_pods_by_labels() {
+        let model = pyairtable_model();
+        let clusters = outbound_clusters(&model, &certs(), &endpoints()).unwrap();
+        let count = |name: &str| {
+            clusters.iter().find(|c| c["name"] == name).unwrap()["load_assignment"]["endpoints"][0]
+                ["lb_endpoints"]
+                .as_array()
+                .unwrap()
+                .len()
+        };
+        assert_eq!(
+            count("outbound|8080|stable|api-gateway.pyairtable.svc.cluster.local"),
+            2
+        );
+        assert_eq!(
+            count("outbound|8080|canary|api-gateway.pyairtable.svc.cluster.local"),
+            1
+        );
+        assert_eq!(
+            count("outbound|8080||api-gateway.pyairtable.svc.cluster.local"),
+            3
+        );
+        assert_eq!(
+            count("outbound|8080||airtable-gateway.pyairtable.svc.cluster.local"),
+            3
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_the_field() {
+        let model = model_of(
+            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: x, namespace: ns}\nspec:\n  host: svc\n  trafficPolicy:\n    outlierDetection:\n      interval: often\n",
+        );
+        let err = outbound_clusters(&model, &certs(), &endpoints()).unwrap_err();
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.trafficPolicy.outlierDetection.interval")
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Assembles one proxy's listeners and clusters: a sidecar (inbound with mTLS per policy,
+//! outbound routed by Host) or the ingress gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::error::InputError;
+use crate::model::{MeshModel, Pod, Workload};
+
+use super::envoy_filter::{self, Context};
+use super::gateway::{self, GatewayPlacement};
+use super::peer_authentication::{self, ISTIO_ALPNS};
+use super::virtual_service::{self, FAULT_FILTER};
+use super::{
+    CertFiles, Endpoints, EnvoyConfig, authorization_policy, destination_rule,
+    request_authentication,
+};
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+/// Where a sidecar's sockets and files are.
+#[derive(Debug, Clone)]
+pub struct SidecarPlacement {
+    /// The pod address: the inbound listener binds it at the service's target port.
+    pub inbound: SocketAddr,
+    /// Unix socket the app sends outbound traffic to (Istio captures it with iptables instead).
+    pub outbound: PathBuf,
+    /// Unix socket the app (the agent) serves on, reachable only through this sidecar.
+    pub app: PathBuf,
+    pub certs: CertFiles,
+}
+
+pub fn inbound_cluster_name(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
+pub fn http_connection_manager(
+    stat_prefix: &str,
+    route_config: Value,
+    http_filters: Vec<Value>,
+    xfcc: &str,
+) -> Value {
+    let mut hcm = json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "route_config": route_config,
+        "http_filters": http_filters,
+        "forward_client_cert_details": xfcc,
+    });
+    if xfcc == "APPEND_FORWARD" {
+        hcm["set_current_client_cert_details"] = json!({"subject": true, "uri": true, "dns": true});
+    }
+    json!({"name": HCM, "typed_config": hcm})
+}
+
+fn router() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+fn fault() -> Value {
+    json!({"name": FAULT_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}})
+}
+
+/// jwt_authn, RBAC (DENY, ALLOW), `extra`, router, then EnvoyFilter patches for `context`.
+fn http_filters(
+    model: &MeshModel,
+    workload: &Workload,
+    context: Context,
+    extra: Vec<Value>,
+) -> Result<Vec<Value>, InputError> {
+    let mut filters = Vec::new();
+    if context != Context::SidecarOutbound {
+        filters.extend(request_authentication::jwt_filter(
+            &model.manifests,
+            workload,
+        )?);
+        filters.extend(authorization_policy::rbac_filters(
+            &model.manifests,
+            workload,
+        ));
+    }
+    filters.extend(extra);
+    filters.push(router());
+    envoy_filter::patch_http_filters(&model.manifests, workload, context, &mut filters)?;
+    Ok(filters)
+}
+
+fn socket_address(addr: SocketAddr) -> Value {
+    json!({"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}})
+}
+
+fn pipe_address(path: &std::path::Path) -> Value {
+    json!({"pipe": {"path": path}})
+}
+
+/// The sidecar of one pod.
+pub fn sidecar(
+    model: &MeshModel,
+    pod: &Pod,
+    placement: &SidecarPlacement,
+    endpoints: &Endpoints,
+) -> Result<EnvoyConfig, InputError> {
+    let workload = Workload::of(pod);
+    let service = model
+        .service(&pod.service)
+        .expect("pods belong to services");
+    let port = placement.inbound.port();
+    let mode = peer_authentication::effective_mode(&model.manifests, &workload);
+    let chains = peer_authentication::chains(mode);
+
+    let inbound_filters = http_filters(model, &workload, Context::SidecarInbound, vec![])?;
+    let inbound_routes = json!({
+        "name": inbound_cluster_name(port),
+        "virtual_hosts": [{"name": format!("inbound|http|{port}"), "domains": ["*"],
+            "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": inbound_cluster_name(port), "timeout": "0s"}}]}],
+    });
+    let stat = format!("inbound_0.0.0.0_{port}");
+    let mut filter_chains = Vec::new();
+    if chains.mtls {
+        let mut chain_match = json!({"transport_protocol": "tls"});
+        if chains.mtls_requires_istio_alpn {
+            chain_match["application_protocols"] = json!(ISTIO_ALPNS);
+        }
+        filter_chains.push(json!({
+            "name": "inbound-mtls",
+            "filter_chain_match": chain_match,
+            "filters": [http_connection_manager(&stat, inbound_routes.clone(), inbound_filters.clone(), "APPEND_FORWARD")],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
+                        "alpn_protocols": ["h2", "http/1.1"],
+                        "tls_certificates": [placement.certs.tls_certificate()],
+                        // Any mesh identity may connect; who may call what is RBAC's job.
+                        "validation_context": {"trusted_ca": {"filename": placement.certs.ca}},
+                    },
+                },
+            },
+        }));
+    }
+    if chains.plaintext {
+        filter_chains.push(json!({
+            "name": "inbound-plaintext",
+            "filter_chain_match": {"transport_protocol": "raw_buffer"},
+            "filters": [http_connection_manager(&stat, inbound_routes, inbound_filters, "APPEND_FORWARD")],
+        }));
+    }
+    let inbound = json!({
+        "name": "virtualInbound",
+        "address": socket_address(placement.inbound),
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
+        "filter_chains": filter_chains,
+    });
+
+    let outbound_filters = http_filters(model, &workload, Context::SidecarOutbound, vec![fault()])?;
+    let outbound_routes = json!({
+        "name": service.port.to_string(),
+        "virtual_hosts": virtual_service::mesh_virtual_hosts(model)?,
+        "validate_clusters": false,
+    });
+    let outbound = json!({
+        "name": "virtualOutbound",
+        "address": pipe_address(&placement.outbound),
+        "filter_chains": [{"filters": [http_connection_manager(&format!("outbound_0.0.0.0_{}", service.port), outbound_routes, outbound_filters, "SANITIZE_SET")]}],
+    });
+
+    let mut clusters = destination_rule::outbound_clusters(model, &placement.certs, endpoints)?;
+    clusters.push(json!({
+        "name": inbound_cluster_name(port),
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "load_assignment": {"cluster_name": inbound_cluster_name(port), "endpoints": [{"lb_endpoints": [{"endpoint": {"address": pipe_address(&placement.app)}}]}]},
+    }));
+    Ok(EnvoyConfig {
+        listeners: vec![inbound, outbound],
+        clusters,
+    })
+}
+
+/// The ingress gateway: listeners from the Gateways that select it, mTLS clusters to the mesh.
+pub fn ingress_gateway(
+    model: &MeshModel,
+    certs: &CertFiles,
+    placement: &dyn GatewayPlacement,
+    endpoints: &Endpoints,
+) -> Result<EnvoyConfig, InputError> {
+    let workload = Workload::ingress_gateway();
+    let filters = http_filters(model, &workload, Context::Gateway, vec![fault()])?;
+    let listeners = gateway::listeners(model, &workload, &filters, placement)?;
+    let clusters = destination_rule::outbound_clusters(model, certs, endpoints)?;
+    Ok(EnvoyConfig {
+        listeners,
+        clusters,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::tests::{certs, pyairtable_model};
+
+    fn placement() -> SidecarPlacement {
+        SidecarPlacement {
+            inbound: "127.0.2.1:8080".parse().unwrap(),
+            outbound: "/run/p/o.sock".into(),
+            app: "/run/p/a.sock".into(),
+            certs: certs(),
+        }
+    }
+
+    fn endpoints() -> Box<Endpoints> {
+        Box::new(|p: &Pod| SocketAddr::from(([127, 0, 1, 1 + p.ordinal as u8], 8080)))
+    }
+
+    #[test]
+    fn strict_sidecar_has_only_an_mtls_chain_with_rbac() {
+        let model = pyairtable_model();
+        let pod = model
+            .pods
+            .iter()
+            .find(|p| p.service == "auth-service")
+            .unwrap();
+        let cfg = sidecar(&model, pod, &placement(), &endpoints()).unwrap();
+        let chains = cfg.listeners[0]["filter_chains"].as_array().unwrap();
+        assert_eq!(chains.len(), 1);
+        assert_eq!(
+            chains[0]["filter_chain_match"],
+            json!({"transport_protocol": "tls"})
+        );
+        let tls = &chains[0]["transport_socket"]["typed_config"];
+        assert_eq!(tls["require_client_certificate"], true);
+        let filters: Vec<&str> = chains[0]["filters"][0]["typed_config"]["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            filters,
+            ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+        );
+        let hcm = &chains[0]["filters"][0]["typed_config"];
+        assert_eq!(hcm["forward_client_cert_details"], "APPEND_FORWARD");
+        assert_eq!(hcm["set_current_client_cert_details"]["uri"], true);
+        assert_eq!(cfg.listeners[1]["address"]["pipe"]["path"], "/run/p/o.sock");
+    }
+
+    struct Ports;
+    impl GatewayPlacement for Ports {
+        fn listen(&self, port: u16) -> SocketAddr {
+            SocketAddr::from(([127, 0, 0, 9], port + 8000))
+        }
+        fn credential(&self, name: &str) -> (PathBuf, PathBuf) {
+            (
+                format!("/run/{name}.crt").into(),
+                format!("/run/{name}.key").into(),
+            )
+        }
+    }
+
+    #[test]
+    fn ingress_checks_jwt_then_rbac_then_rate_limits() {
+        let model = pyairtable_model();
+        let cfg = ingress_gateway(&model, &certs(), &Ports, &endpoints()).unwrap();
+        assert_eq!(cfg.listeners.len(), 2);
+        assert_eq!(
+            cfg.listeners[0]["address"]["socket_address"]["port_value"],
+            8080
+        );
+        let https = &cfg.listeners[1]["filter_chains"][0];
+        assert_eq!(
+            https["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0]
+                ["certificate_chain"]["filename"],
+            "/run/pyairtable-tls.crt"
+        );
+        let filters: Vec<&str> = https["filters"][0]["typed_config"]["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                "envoy.filters.http.jwt_authn",
+                "envoy.filters.http.rbac",
+                "envoy.filters.http.fault",
+                "envoy.filters.http.local_ratelimit",
+                "envoy.filters.http.router"
+            ]
+        );
+    }
+}
