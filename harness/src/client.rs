@@ -146,7 +146,7 @@ where
         Ok(pair) => pair,
         Err(e) => return classify(e),
     };
-    let conn = tokio::spawn(conn);
+    let mut conn = tokio::spawn(conn);
     let mut builder = hyper::Request::builder()
         .method(req.method.as_str())
         .uri(&req.path)
@@ -186,23 +186,41 @@ where
                 },
             }
         }
-        Err(e) => classify(e),
+        Err(e) => {
+            // The connection task holds the real cause (e.g. a TLS alert after the handshake).
+            match tokio::time::timeout(Duration::from_millis(500), &mut conn).await {
+                Ok(Ok(Err(conn_err))) => classify(conn_err),
+                _ => classify(e),
+            }
+        }
     };
     conn.abort();
     outcome
 }
 
 fn classify(e: hyper::Error) -> Outcome {
-    let io_kind = std::error::Error::source(&e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .map(|io| io.kind());
-    if e.is_incomplete_message()
-        || e.is_canceled()
-        || matches!(
-            io_kind,
-            Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
-        )
-    {
+    // Walk the cause chain: a TLS alert arrives as hyper(Canceled) -> hyper(Io) -> io -> rustls.
+    let mut io_kind = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            io_kind = io_kind.or(Some(io.kind()));
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return Outcome::Tls {
+                    detail: tls.to_string(),
+                };
+            }
+        }
+        cause = c.source();
+    }
+    let reset = matches!(
+        io_kind,
+        Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+    );
+    if e.is_incomplete_message() || e.is_canceled() || reset {
         Outcome::Reset {
             detail: e.to_string(),
         }

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `meshtest` binary: parse flags, run the subcommand, map errors to exit codes.
+
+fn main() -> std::process::ExitCode {
+    meshtest::cli::main()
+}

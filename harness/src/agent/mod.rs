@@ -286,3 +286,62 @@ mod tests {
         assert!("nowhere".parse::<Listen>().is_err());
     }
 }
+
+/// `meshtest agent` flags (also how a Deployment's container args are read by the local target).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Where the app port listens: HOST:PORT or unix:PATH.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: Listen,
+    /// Where the control API listens: HOST:PORT or unix:PATH.
+    #[arg(long, default_value = "127.0.0.1:15080")]
+    pub control: Listen,
+    /// Forward requests whose path starts with PREFIX to SERVICE: PREFIX=SERVICE (repeatable).
+    #[arg(long = "forward", value_parser = parse_forward)]
+    pub forwards: Vec<(String, String)>,
+    /// Send outbound calls to this sidecar socket instead of the service's DNS name.
+    #[arg(long)]
+    pub outbound: Option<PathBuf>,
+    /// Port of the services called by DNS name.
+    #[arg(long, default_value_t = 8080)]
+    pub service_port: u16,
+    #[arg(long, env = "MESHTEST_SERVICE", default_value = "unknown")]
+    pub service: String,
+    #[arg(long, env = "MESHTEST_VERSION", default_value = "v1")]
+    pub version: String,
+    #[arg(long, env = "MESHTEST_POD", default_value = "unknown")]
+    pub pod: String,
+    #[arg(long, env = "MESHTEST_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+}
+
+fn parse_forward(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((prefix, service)) if prefix.starts_with('/') && !service.is_empty() => {
+            Ok((prefix.into(), service.into()))
+        }
+        _ => Err(format!(
+            "`{s}` is not PREFIX=SERVICE with PREFIX starting with /"
+        )),
+    }
+}
+
+impl AgentArgs {
+    pub fn into_config(self) -> AgentConfig {
+        AgentConfig {
+            service: self.service,
+            version: self.version,
+            pod: self.pod,
+            namespace: self.namespace,
+            listen: self.listen,
+            control: self.control,
+            forwards: self.forwards,
+            outbound: match self.outbound {
+                Some(path) => Outbound::Sidecar(path),
+                None => Outbound::Dns {
+                    port: self.service_port,
+                },
+            },
+        }
+    }
+}

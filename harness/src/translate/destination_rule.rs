@@ -27,7 +27,7 @@ pub fn cluster_name(service: &Service, subset: Option<&str>) -> String {
 pub fn outbound_clusters(
     model: &MeshModel,
     certs: &CertFiles,
-    endpoints: &Endpoints,
+    endpoints: &Endpoints<'_>,
 ) -> Result<Vec<Value>, InputError> {
     let mut clusters = Vec::new();
     for service in &model.services {
@@ -103,7 +103,7 @@ fn cluster(
     policy: Option<&TrafficPolicy>,
     origin: Option<&Origin>,
     certs: &CertFiles,
-    endpoints: &Endpoints,
+    endpoints: &Endpoints<'_>,
 ) -> Result<Value, InputError> {
     let field_err = |field: &str, msg: &str| match origin {
         Some(o) => o.error(field, msg),

@@ -36,7 +36,7 @@ impl CertFiles {
 }
 
 /// Where each pod's inbound listener is reachable (its endpoint in every outbound cluster).
-pub type Endpoints = dyn Fn(&Pod) -> SocketAddr;
+pub type Endpoints<'a> = dyn Fn(&Pod) -> SocketAddr + 'a;
 
 /// The dynamic part of one proxy's config: what goes into its LDS and CDS files.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -102,7 +102,7 @@ pub fn sidecar(
     model: &MeshModel,
     pod: &Pod,
     placement: &SidecarPlacement,
-    endpoints: &Endpoints,
+    endpoints: &Endpoints<'_>,
 ) -> Result<EnvoyConfig, InputError> {
     let workload = Workload::of(pod);
     let service = model
@@ -190,7 +190,7 @@ pub fn ingress_gateway(
     model: &MeshModel,
     certs: &CertFiles,
     placement: &dyn GatewayPlacement,
-    endpoints: &Endpoints,
+    endpoints: &Endpoints<'_>,
 ) -> Result<EnvoyConfig, InputError> {
     let workload = Workload::ingress_gateway();
     let filters = http_filters(model, &workload, Context::Gateway, vec![fault()])?;
@@ -216,7 +216,7 @@ mod tests {
         }
     }
 
-    fn endpoints() -> Box<Endpoints> {
+    fn endpoints() -> Box<Endpoints<'static>> {
         Box::new(|p: &Pod| SocketAddr::from(([127, 0, 1, 1 + p.ordinal as u8], 8080)))
     }
 

@@ -1,7 +1,10 @@
 //! Owned HTTP/1.1 and HTTP/2 connections (hyper client conn) and error classification.
 
 use std::error::Error as _;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Uri};
@@ -86,16 +89,41 @@ fn classify_io(io: &std::io::Error) -> ErrorKind {
     }
 }
 
+/// hyper's connection future: reads and writes the socket for a `SendRequest`.
+type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// One owned connection; HTTP/1.1 carries one request at a time, HTTP/2 multiplexes.
 pub enum Conn {
+    /// Connection future runs as its own task, so the connection notices a
+    /// server close even while idle (open-loop pool).
     H1(http1::SendRequest<Full<Bytes>>),
+    /// Connection future polled by the task that sends the requests: saves a
+    /// task wake-up and a channel hop per request. Only for connections that
+    /// are never idle (closed loop).
+    H1Inline(http1::SendRequest<Full<Bytes>>, Option<Driver>),
     H2(http2::SendRequest<Full<Bytes>>),
+}
+
+async fn exchange<F>(send: F) -> Result<(u16, Bytes), ErrorKind>
+where
+    F: Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
+{
+    let resp = send.await.map_err(|e| classify(&e))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| classify(&e))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 impl Conn {
     pub fn is_closed(&self) -> bool {
         match self {
             Conn::H1(s) => s.is_closed(),
+            Conn::H1Inline(s, driver) => driver.is_none() || s.is_closed(),
             Conn::H2(s) => s.is_closed(),
         }
     }
@@ -103,32 +131,58 @@ impl Conn {
     /// A second handle on the same connection (HTTP/2 only).
     pub fn share(&self) -> Option<Conn> {
         match self {
-            Conn::H1(_) => None,
+            Conn::H1(_) | Conn::H1Inline(..) => None,
             Conn::H2(s) => Some(Conn::H2(s.clone())),
         }
     }
 
-    /// Sends one request and reads the whole response body.
-    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), ErrorKind> {
-        let resp = match self {
-            Conn::H1(s) => {
-                s.ready().await.map_err(|e| classify(&e))?;
-                s.send_request(req).await
-            }
-            Conn::H2(s) => {
-                s.ready().await.map_err(|e| classify(&e))?;
-                s.send_request(req).await
+    /// Waits until the connection can take a request; false when it was closed
+    /// (e.g. the server sent `connection: close`), in which case nothing was sent
+    /// and the caller should reconnect rather than count an error.
+    pub async fn ready(&mut self) -> bool {
+        match self {
+            Conn::H1(s) => s.ready().await.is_ok(),
+            Conn::H2(s) => s.ready().await.is_ok(),
+            Conn::H1Inline(s, driver) => {
+                std::future::poll_fn(|cx| {
+                    // Let the driver process whatever happened since the last
+                    // response (a close, typically) before asking for readiness.
+                    if let Some(d) = driver.as_mut() {
+                        if d.as_mut().poll(cx).is_ready() {
+                            *driver = None;
+                        }
+                    }
+                    match s.poll_ready(cx) {
+                        Poll::Ready(r) => Poll::Ready(r.is_ok() && driver.is_some()),
+                        Poll::Pending if driver.is_none() => Poll::Ready(false),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await
             }
         }
-        .map_err(|e| classify(&e))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| classify(&e))?
-            .to_bytes();
-        Ok((status, body))
+    }
+
+    /// Sends one request and reads the whole response body. Call [`Conn::ready`] first.
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), ErrorKind> {
+        match self {
+            Conn::H1(s) => exchange(s.send_request(req)).await,
+            Conn::H2(s) => exchange(s.send_request(req)).await,
+            Conn::H1Inline(s, driver) => {
+                let mut fut = pin!(exchange(s.send_request(req)));
+                std::future::poll_fn(|cx| {
+                    if let Some(d) = driver.as_mut() {
+                        if d.as_mut().poll(cx).is_ready() {
+                            // Dropping the finished driver fails the pending request
+                            // instead of leaving it waiting forever.
+                            *driver = None;
+                        }
+                    }
+                    fut.as_mut().poll(cx)
+                })
+                .await
+            }
+        }
     }
 }
 
@@ -191,7 +245,8 @@ impl Connector {
         req
     }
 
-    pub async fn connect(&self) -> Result<Conn, ErrorKind> {
+    /// Opens a connection; `inline` asks for [`Conn::H1Inline`] on HTTP/1.1.
+    pub async fn connect(&self, inline: bool) -> Result<Conn, ErrorKind> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|_| ErrorKind::Connect)?;
@@ -205,13 +260,13 @@ impl Connector {
                         _ => ErrorKind::Tls,
                     }
                 })?;
-                self.handshake(TokioIo::new(stream)).await
+                self.handshake(TokioIo::new(stream), inline).await
             }
-            None => self.handshake(TokioIo::new(tcp)).await,
+            None => self.handshake(TokioIo::new(tcp), inline).await,
         }
     }
 
-    async fn handshake<T>(&self, io: TokioIo<T>) -> Result<Conn, ErrorKind>
+    async fn handshake<T>(&self, io: TokioIo<T>, inline: bool) -> Result<Conn, ErrorKind>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -225,10 +280,15 @@ impl Connector {
             Ok(Conn::H2(send))
         } else {
             let (send, conn) = http1::handshake(io).await.map_err(|e| classify(&e))?;
-            tokio::spawn(async move {
+            let driver = async move {
                 let _ = conn.await;
-            });
-            Ok(Conn::H1(send))
+            };
+            if inline {
+                Ok(Conn::H1Inline(send, Some(Box::pin(driver))))
+            } else {
+                tokio::spawn(driver);
+                Ok(Conn::H1(send))
+            }
         }
     }
 }

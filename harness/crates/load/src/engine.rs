@@ -80,14 +80,30 @@ struct Ctx {
 impl Ctx {
     /// One request on `conn`, (re)connecting first when needed; a failed
     /// connection is dropped so the next request opens a fresh one.
-    async fn exchange(&self, conn: &mut Option<Conn>) -> Result<(u16, Bytes), ErrorKind> {
+    async fn exchange(
+        &self,
+        conn: &mut Option<Conn>,
+        inline: bool,
+    ) -> Result<(u16, Bytes), ErrorKind> {
         let attempt = async {
-            if conn.as_ref().is_none_or(|c| c.is_closed()) {
-                *conn = Some(self.connector.connect().await?);
-            }
-            match conn.as_mut() {
-                Some(c) => c.send(self.connector.request()).await,
-                None => Err(ErrorKind::Other),
+            // A reused connection the server has closed is replaced without
+            // counting an error: no request was sent on it. A fresh one that is
+            // not ready is a real failure.
+            let mut reused = conn.as_ref().is_some_and(|c| !c.is_closed());
+            loop {
+                if !reused {
+                    *conn = Some(self.connector.connect(inline).await?);
+                }
+                let Some(c) = conn.as_mut() else {
+                    return Err(ErrorKind::Other);
+                };
+                if c.ready().await {
+                    return c.send(self.connector.request()).await;
+                }
+                if !reused {
+                    return Err(ErrorKind::Reset);
+                }
+                reused = false;
             }
         };
         let res = tokio::time::timeout(self.timeout, attempt)
@@ -211,7 +227,7 @@ async fn closed_loop(ctx: Arc<Ctx>, connections: usize, stop: Stop) {
                         break;
                     }
                 }
-                let res = ctx.exchange(&mut conn).await;
+                let res = ctx.exchange(&mut conn, true).await;
                 ctx.record(begin, &res);
                 if res == Err(ErrorKind::Connect) {
                     // Refused connects fail in microseconds; don't spin a core on them.
@@ -291,7 +307,7 @@ async fn open_loop(ctx: Arc<Ctx>, schedule: Schedule, max_in_flight: usize) -> R
                 let pool = pool.clone();
                 handle.spawn(async move {
                     let mut conn = conn;
-                    let res = ctx.exchange(&mut conn).await;
+                    let res = ctx.exchange(&mut conn, false).await;
                     ctx.record(intended, &res);
                     if let Some(c) = conn {
                         pool.give_back(c);

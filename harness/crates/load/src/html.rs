@@ -158,6 +158,17 @@ pub fn chart(
                 r##"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"##,
                 pts.join(" ")
             );
+            // Markers keep short series (a few seconds) readable.
+            if !ser.dashed && ser.points.len() <= 60 {
+                for (x, y) in &ser.points {
+                    let _ = write!(
+                        s,
+                        r##"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"##,
+                        sx(*x),
+                        sy(*y)
+                    );
+                }
+            }
         }
         let ly = MT + 10.0 + i as f64 * 18.0;
         let lx = ML + pw + 12.0;
@@ -262,11 +273,15 @@ pub fn render(
         dashed: false,
     }];
     if let Some(asked) = summary.rate.asked {
-        thr.push(Series {
-            name: "asked".into(),
-            points: vec![(0.0, asked), (t_max, asked)],
-            dashed: true,
-        });
+        // Drawn first so the achieved line stays visible on top of it.
+        thr.insert(
+            0,
+            Series {
+                name: "asked".into(),
+                points: vec![(0.0, asked), (t_max, asked)],
+                dashed: true,
+            },
+        );
     }
     let thr_svg = chart(
         "throughput",

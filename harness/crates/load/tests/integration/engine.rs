@@ -183,3 +183,20 @@ async fn warmup_is_not_measured_and_duration_bounds_the_run() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(r.warmup, Duration::from_millis(250));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_closing_connections_is_not_an_error() {
+    let srv = server::start(Behaviour::default()).await;
+    for open in [false, true] {
+        let p = plan(&srv.url("/close"), |a| {
+            if open {
+                a.rate = Some(500.0);
+            } else {
+                a.connections = Some(4);
+            }
+            a.requests = Some(100);
+        });
+        let r = run(&p).await.unwrap();
+        assert_eq!(r.recorder.ok, 100, "open={open}: {:?}", r.recorder.errors);
+    }
+}

@@ -38,8 +38,8 @@ impl TestServer {
     }
 }
 
-/// Paths: `/status/NNN` answers NNN, `/sleep/MS` waits MS ms, `/versions`
-/// alternates "v1"/"v2" in the JSON body; anything else answers 200 v1.
+/// Paths: `/status/NNN` answers NNN, `/sleep/MS` waits MS ms, `/close` closes
+/// the connection after answering, `/versions` alternates "v1"/"v2" in the JSON body; anything else answers 200 v1.
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -75,6 +75,12 @@ async fn handle(
     let body = format!(r#"{{"service":"echo","version":"{version}","pod":"echo-0"}}"#);
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
+    if path == "/close" {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     Ok(resp)
 }
 

@@ -1,0 +1,90 @@
+//! Command-line interface: raw flags here, validated and handed to the library.
+
+mod call;
+mod mesh;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{exit, exit_code_for};
+
+#[derive(Parser)]
+#[command(
+    name = "meshtest",
+    version,
+    about = "Prove a service mesh keeps its promises: conformance, load and chaos against a live mesh."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the embedded mesh (real Envoy) and keep it running until Ctrl-C or `meshtest down`.
+    Up(mesh::UpArgs),
+    /// Show whether a mesh started by `meshtest up` is running and healthy.
+    Status(mesh::StateArgs),
+    /// Stop the mesh started by `meshtest up` (from another shell).
+    Down(mesh::StateArgs),
+    /// Print a JWT the mesh accepts (or, with --expired/--issuer/..., one it must refuse).
+    Token(token::TokenArgs),
+    /// Make one HTTP call from a workload, from outside the mesh, or through the ingress.
+    Call(call::CallArgs),
+    /// Run the test workload (echo + control API) that every pod of the mesh runs.
+    Agent(crate::agent::AgentArgs),
+}
+
+/// Where `meshtest up` keeps its state: $MESHTEST_STATE_DIR or ./.meshtest/local.
+pub(crate) fn state_dir() -> PathBuf {
+    std::env::var_os("MESHTEST_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".meshtest/local"))
+}
+
+pub fn main() -> ExitCode {
+    crate::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshtest: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(a) => mesh::up(a).await,
+            Command::Status(a) => mesh::status(a).await,
+            Command::Down(a) => mesh::down(a).await,
+            Command::Token(a) => token::run(a),
+            Command::Call(a) => call::run(a).await,
+            Command::Agent(a) => {
+                let agent = crate::agent::Agent::start(a.into_config()).await?;
+                eprintln!(
+                    "meshtest agent: {} {} serving on {:?}, control on {:?}",
+                    agent.config().service,
+                    agent.config().version,
+                    agent.config().listen,
+                    agent.config().control
+                );
+                agent.wait().await;
+                Ok(exit::OK)
+            }
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("meshtest: error: {err:#}");
+            ExitCode::from(exit_code_for(&err))
+        }
+    }
+}

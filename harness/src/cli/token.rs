@@ -1,0 +1,50 @@
+//! `meshtest token`: mint a test JWT.
+
+use anyhow::Result;
+
+use crate::error::exit;
+use crate::token::{Breakage, Tier, TokenSpec, mint};
+
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    /// Tenant the token is for (claim `tenant`; the rate limit's key).
+    #[arg(long)]
+    tenant: String,
+    /// Tier (claim `tier`): free, pro or enterprise.
+    #[arg(long, value_enum)]
+    tier: Tier,
+    /// Already expired (the mesh must refuse it: 401 "Jwt is expired").
+    #[arg(long)]
+    expired: bool,
+    /// Issuer claim (the mesh trusts only "pyairtable-auth").
+    #[arg(long, default_value = crate::token::DEFAULT_ISSUER)]
+    issuer: String,
+    /// Signed by a key the mesh does not trust.
+    #[arg(long, conflicts_with = "tampered")]
+    bad_signature: bool,
+    /// Payload edited after signing (tier raised to enterprise).
+    #[arg(long)]
+    tampered: bool,
+}
+
+pub fn run(a: TokenArgs) -> Result<u8> {
+    let breakage = if a.bad_signature {
+        Breakage::BadSignature
+    } else if a.tampered {
+        Breakage::Tampered
+    } else {
+        Breakage::None
+    };
+    let spec = TokenSpec {
+        tenant: a.tenant,
+        tier: a.tier,
+        issuer: a.issuer,
+        expired: a.expired,
+        breakage,
+    };
+    println!(
+        "{}",
+        mint(&spec).map_err(|e| crate::error::InputError::new("--tenant", e.to_string()))?
+    );
+    Ok(exit::OK)
+}

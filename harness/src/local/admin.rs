@@ -1,0 +1,92 @@
+//! Envoy's admin API: readiness, stats, config dumps: how meshtest sees what a proxy really has.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::client::{self, Dial, Request};
+use crate::outcome::Outcome;
+
+pub async fn get(admin: SocketAddr, path: &str) -> Result<String> {
+    let mut req = Request::get(&admin.to_string(), path);
+    req.timeout = Duration::from_secs(5);
+    match client::send(&Dial::Tcp(admin), &req).await {
+        Outcome::Response {
+            status: 200, body, ..
+        } => Ok(body),
+        other => bail!("Envoy admin {admin}{path}: {}", other.summary()),
+    }
+}
+
+pub async fn post(admin: SocketAddr, path: &str) -> Result<String> {
+    let mut req = Request::get(&admin.to_string(), path);
+    req.method = "POST".into();
+    req.timeout = Duration::from_secs(5);
+    match client::send(&Dial::Tcp(admin), &req).await {
+        Outcome::Response {
+            status: 200, body, ..
+        } => Ok(body),
+        other => bail!("Envoy admin POST {admin}{path}: {}", other.summary()),
+    }
+}
+
+/// Is the proxy initialized (listeners and clusters loaded)?
+pub async fn is_live(admin: SocketAddr) -> bool {
+    get(admin, "/ready").await.is_ok_and(|b| b.trim() == "LIVE")
+}
+
+/// One counter or gauge from /stats, or None if Envoy does not have it.
+pub async fn stat(admin: SocketAddr, name: &str) -> Result<Option<u64>> {
+    let body = get(admin, &format!("/stats?filter=^{}$", regex_escape(name))).await?;
+    Ok(parse_stat(&body, name))
+}
+
+pub fn parse_stat(body: &str, name: &str) -> Option<u64> {
+    body.lines().find_map(|l| {
+        let (k, v) = l.split_once(": ")?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Polls `check` every 20 ms until it returns true or `deadline` passes.
+pub async fn wait_until<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stat_line() {
+        let body = "cluster.x.upstream_rq_200: 12\ncluster.x.upstream_rq_2000: 7\n";
+        assert_eq!(parse_stat(body, "cluster.x.upstream_rq_200"), Some(12));
+        assert_eq!(parse_stat(body, "cluster.x.missing"), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! The one seam between "what to test" and "where the mesh runs": steps, load, chaos and
+//! reports call a `Target`; only its implementations know whether the mesh is local or in kube.
+
+pub mod local;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Fault;
+use crate::outcome::Outcome;
+
+/// Where a call starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum From {
+    /// A client outside the mesh, connecting straight to a pod's address.
+    Outside(Transport),
+    /// A workload of the mesh (service or pod name), through its own sidecar.
+    Workload(String),
+    /// A client outside the mesh, through the ingress gateway.
+    Ingress { https: bool },
+}
+
+/// How an outside client speaks to a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plaintext,
+    /// TLS, presenting no client certificate.
+    TlsNoCert,
+    /// TLS, presenting a certificate from a CA the mesh does not trust.
+    TlsForeignCert,
+}
+
+/// A call to make: from somewhere, to a service (or a specific pod), at a path.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub from: From,
+    /// Service or pod name (ignored for ingress calls, which the gateway routes).
+    pub to: String,
+    pub path: String,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl Call {
+    pub fn new(from: From, to: &str, path: &str) -> Call {
+        Call {
+            from,
+            to: to.into(),
+            path: path.into(),
+            method: "GET".into(),
+            headers: vec![],
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Call {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A pod as a target lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub name: String,
+    pub service: String,
+    pub version: String,
+    pub service_account: String,
+    pub address: String,
+}
+
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// "local" or "kube".
+    fn kind(&self) -> &'static str;
+
+    fn pods(&self) -> Vec<PodInfo>;
+
+    fn services(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.pods().into_iter().map(|p| p.service).collect();
+        s.dedup();
+        s
+    }
+
+    /// Makes a call; `Err` only when the harness cannot make it (unknown service, agent down),
+    /// never for what the mesh did to it (that is the `Outcome`).
+    async fn call(&self, call: &Call) -> Result<Outcome>;
+
+    /// Sets a fault on a pod's agent (replacing any other); `Fault::default()` clears it.
+    async fn set_fault(&self, pod: &str, fault: Fault) -> Result<()>;
+
+    /// A proxy's Envoy stats (`/stats` text): a pod name, or "istio-ingressgateway".
+    async fn proxy_stats(&self, proxy: &str) -> Result<String>;
+}
