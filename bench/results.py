@@ -27,8 +27,8 @@ def to_ms(v, unit):
 
 def wrk(name):
     t = read(name + ".out")
-    n, d = re.search(r"(\d+) requests in ([\d.]+)(\w+),", t).groups()
-    d = float(d) * (60 if d.endswith("m") else 1)
+    n, d, unit = re.search(r"(\d+) requests in ([\d.]+)(\w+),", t).groups()
+    d = float(d) * {"ms": 0.001, "s": 1, "m": 60}[unit]
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", t)
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
@@ -71,15 +71,27 @@ def cmd(name):
 
 
 rows = []
-tools = [("meshtest", lambda: meshtest("meshtest", "meshtest-closed")), ("wrk", lambda: wrk("wrk")),
-         ("hey", lambda: hey("hey"))]
-if read("oha.out"):
-    tools.append(("oha", lambda: oha("oha")))
+rounds = int(env.get("rounds", "1"))
+tools = [("meshtest", lambda r: meshtest(f"meshtest-r{r}", f"meshtest-closed-r{r}")), ("wrk", lambda r: wrk(f"wrk-r{r}")),
+         ("hey", lambda r: hey(f"hey-r{r}"))]
+if read("oha-r1.out"):
+    tools.append(("oha", lambda r: oha(f"oha-r{r}")))
+per_round = {}
 for name, parse in tools:
-    r = parse()
-    c, wall, rss = cpu(name)
-    r.update(name=name, cpu=c, rss=rss, rps=r["requests"] / r["secs"], us_per_req=c / max(r["requests"], 1) * 1e6)
-    rows.append(r)
+    tot = dict(name=name, requests=0, secs=0.0, cpu=0.0, rss=0, errors=0, p99=0.0)
+    for rnd in range(1, rounds + 1):
+        r = parse(rnd)
+        c, wall, rss = cpu(f"{name}-r{rnd}")
+        r.update(cpu=c, rps=r["requests"] / r["secs"], us_per_req=c / max(r["requests"], 1) * 1e6)
+        per_round.setdefault(name, []).append(r)
+        tot["requests"] += r["requests"]
+        tot["secs"] += r["secs"]
+        tot["cpu"] += c
+        tot["errors"] += r["errors"]
+        tot["rss"] = max(tot["rss"], rss)
+        tot["p99"] = max(tot["p99"], r["p99"])
+    tot.update(rps=tot["requests"] / tot["secs"], us_per_req=tot["cpu"] / max(tot["requests"], 1) * 1e6)
+    rows.append(tot)
 base = next(r for r in rows if r["name"] == "wrk")
 
 print("# meshtest-load benchmark results\n")
@@ -93,16 +105,23 @@ if "oha" in env:
 print(f"- Tools: meshtest-load (this tree, `--release`, current-thread tokio), {vers}; {env['rustc']}")
 print(f"- CPU time = user + sys of the generator process from GNU time; CPU/request = CPU time / requests.\n")
 
-print(f"## Closed loop, {env['conns']} connections, {env['duration']} s\n")
+print(f"## Closed loop, {env['conns']} connections, {rounds} x {env['duration']} s\n")
+print(f"Load average when the bench started: {env.get('loadavg_start', '?')} (the machine is shared; tools run "
+      f"interleaved, {rounds} rounds, and the table adds requests, seconds and CPU over all rounds; p99 is the worst round).\n")
 print("| tool | requests | seconds | req/s | req/s vs wrk | CPU s | CPU µs/req | CPU/req vs wrk | p99 ms | errors | max RSS MiB |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     print(f"| {r['name']} | {r['requests']} | {r['secs']:.2f} | {r['rps']:.0f} | {r['rps'] / base['rps']:.2f}x | "
           f"{r['cpu']:.2f} | {r['us_per_req']:.2f} | {r['us_per_req'] / base['us_per_req']:.2f}x | {r['p99']:.3f} | "
           f"{r['errors']} | {r['rss'] / 1024:.1f} |")
-print("\nCommands:\n")
+print("\nPer round (req/s, CPU µs/req):\n")
+print("| tool | " + " | ".join(f"round {i}" for i in range(1, rounds + 1)) + " |")
+print("|---|" + "---:|" * rounds)
+for name, rs in per_round.items():
+    print(f"| {name} | " + " | ".join(f"{r['rps']:.0f}, {r['us_per_req']:.2f}" for r in rs) + " |")
+print("\nCommands (round 1):\n")
 for r in rows:
-    print(f"- `{cmd(r['name'])}`")
+    print(f"- `{cmd(r['name'] + '-r1')}`")
 
 o = summary("open2000")
 d = summary("delay")
@@ -117,12 +136,12 @@ rss_time = None
 acc = abs(o["rate"]["achieved"] - o["rate"]["asked"]) / o["rate"]["asked"] * 100
 mt = next(r for r in rows if r["name"] == "meshtest")
 checks = [
-    ("open loop 2000/s for 10 s: achieved within 1% of asked",
+    (f"open loop 2000/s for {env['duration']} s: achieved within 1% of asked",
      f"asked {o['rate']['asked']:.0f}, achieved {o['rate']['achieved']:.1f} ({acc:.3f}% off)", acc <= 1.0),
     ("5% delayed by 50 ms: p90 < 5 ms", f"p90 {d['latency_ms']['p90']:.3f} ms", d["latency_ms"]["p90"] < 5),
     ("5% delayed by 50 ms: 50 ms <= p99 <= 60 ms", f"p99 {d['latency_ms']['p99']:.3f} ms",
      50 <= d["latency_ms"]["p99"] <= 60),
-    ("one 500 ms stall at 1000/s: p99 shows it (~400 ms)",
+    (f"one 500 ms stall during {env['duration']} s at 1000/s: p99 shows it (~400 ms at 10 s)",
      f"meshtest p99 {st['latency_ms']['p99']:.1f} ms (wrk closed loop, same stall: p99 {sw['p99']:.1f} ms)",
      300 <= st["latency_ms"]["p99"] <= 520),
     ("closed loop x32: throughput >= wrk", f"{mt['rps']:.0f} vs {base['rps']:.0f} req/s ({mt['rps'] / base['rps']:.2f}x)",
@@ -150,7 +169,7 @@ for label, s in [("2000/s, direct", o), ("2000/s, 5% +50 ms", d), ("1000/s, one 
 print("\nCommands:\n")
 for n in ["open2000", "delay", "stall", "stall-wrk"]:
     print(f"- `{cmd(n)}`")
-print("\nThe stall is a real pause of the target: `kill -STOP` of the Envoy process 5 s into the run, "
+print(f"\nThe stall is a real pause of the target: `kill -STOP` of the Envoy process {float(env['duration']) / 2:g} s into the run, "
       "`kill -CONT` 500 ms later. Requests intended during the pause wait until it ends, so measured from "
       "their intended send times about 5% of them take 0-500 ms and p99 lands near 400 ms. wrk measures from "
       "the actual send time and its 32 connections simply stop sending during the pause, so its p99 hides the stall.")

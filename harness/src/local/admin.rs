@@ -36,6 +36,22 @@ pub async fn is_live(admin: SocketAddr) -> bool {
     get(admin, "/ready").await.is_ok_and(|b| b.trim() == "LIVE")
 }
 
+/// The LDS and CDS version_info the proxy last accepted (stats `*.version_text`; the config
+/// dump keeps the old version when a response changed no resource).
+pub async fn xds_versions(admin: SocketAddr) -> Result<(Option<String>, Option<String>)> {
+    let body = get(admin, "/stats?filter=version_text").await?;
+    let text_of = |name: &str| {
+        body.lines().find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k == name).then(|| v.trim().trim_matches('"').to_string())
+        })
+    };
+    Ok((
+        text_of("listener_manager.lds.version_text"),
+        text_of("cluster_manager.cds.version_text"),
+    ))
+}
+
 /// One counter or gauge from /stats, or None if Envoy does not have it.
 pub async fn stat(admin: SocketAddr, name: &str) -> Result<Option<u64>> {
     let body = get(admin, &format!("/stats?filter=^{}$", regex_escape(name))).await?;

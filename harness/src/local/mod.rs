@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod layout;
 pub mod process;
+pub mod runtime;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::translate::{CertFiles, EnvoyConfig};
 
 use layout::{ADMIN_PORT, Block, RunDir, write_atomic};
 use process::Supervised;
+use runtime::MeshThread;
 
 /// How long a proxy may take to load its config before start-up fails.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -47,7 +49,7 @@ struct Proxy {
     dir: PathBuf,
     process: Supervised,
     /// Last config written, to skip proxies a change does not touch.
-    written: EnvoyConfig,
+    written: Mutex<EnvoyConfig>,
 }
 
 /// A pod: its sidecar and the agent behind it.
@@ -76,6 +78,8 @@ pub struct LocalMesh {
     ca: MeshCa,
     ca_file: PathBuf,
     version: Mutex<u64>,
+    /// Runs the agents and owns the Envoys' parent thread; dropped after them.
+    _thread: MeshThread,
     // Dropped last: the processes above must be gone before their files and block are.
     run: RunDir,
     block: Block,
@@ -141,6 +145,7 @@ impl LocalMesh {
             Some(p) => p.clone(),
             None => crate::envoy::ensure()?,
         };
+        let thread = MeshThread::start()?;
         let block = Block::claim()?;
         let run = RunDir::create(block.octet)?;
         let certs_dir = run.path.join("certs");
@@ -189,7 +194,12 @@ impl LocalMesh {
                 certs,
             };
             let control = dir.join("c.sock");
-            let agent = start_agent(pod, &placement, &control).await?;
+            let agent = {
+                let (pod, placement, control) = (pod.clone(), placement.clone(), control.clone());
+                thread
+                    .run(async move { start_agent(&pod, &placement, &control).await })
+                    .await??
+            };
             prepared.push((pod.clone(), dir, placement, control, agent));
         }
 
@@ -211,6 +221,7 @@ impl LocalMesh {
                 pod.namespace
             );
             let proxy = spawn_proxy(
+                &thread,
                 &envoy,
                 &pod.name,
                 &node,
@@ -218,7 +229,8 @@ impl LocalMesh {
                 admin,
                 &dir,
                 config,
-            )?;
+            )
+            .await?;
             pods.push(LocalPod {
                 address: placement.inbound,
                 control,
@@ -234,6 +246,7 @@ impl LocalMesh {
             proxy::ingress_gateway(&model, &ingress_certs, &gateway_ports, &endpoints)?;
         let ingress_admin = SocketAddr::from((block.ingress_ip(), ADMIN_PORT));
         let ingress = spawn_proxy(
+            &thread,
             &envoy,
             "istio-ingressgateway",
             &format!(
@@ -244,7 +257,8 @@ impl LocalMesh {
             ingress_admin,
             &ingress_dir,
             ingress_config,
-        )?;
+        )
+        .await?;
         let mut mesh = LocalMesh {
             model: Mutex::new(model),
             pods,
@@ -254,6 +268,7 @@ impl LocalMesh {
             ca,
             ca_file,
             version: Mutex::new(1),
+            _thread: thread,
             run,
             block,
         };
@@ -319,41 +334,37 @@ impl LocalMesh {
         let mut changed = Vec::new();
         for lp in &self.pods {
             let config = proxy::sidecar(&model, &lp.pod, &lp.placement, &endpoints)?;
-            if config != lp.proxy.written {
+            if config != *lp.proxy.written.lock().expect("written lock") {
                 changed.push((&lp.proxy, config));
             }
         }
         let ingress =
             proxy::ingress_gateway(&model, &self.ingress_certs, &self.gateway_ports, &endpoints)?;
-        if ingress != self.ingress.written {
+        if ingress != *self.ingress.written.lock().expect("written lock") {
             changed.push((&self.ingress, ingress));
         }
         for (proxy, config) in &changed {
-            let before = update_counts(proxy.admin).await?;
             write_xds(&proxy.dir, config, version)?;
+        }
+        for (proxy, config) in &changed {
+            // Applied when Envoy reports the new version for both LDS and CDS.
+            let want = Some(version.to_string());
             let applied = admin::wait_until(APPLY_DEADLINE, || async {
-                update_counts(proxy.admin)
+                admin::xds_versions(proxy.admin)
                     .await
-                    .is_ok_and(|now| now.0 > before.0 && now.1 > before.1)
+                    .is_ok_and(|(lds, cds)| lds == want && cds == want)
             })
             .await;
-            let rejected = admin::stat(proxy.admin, "listener_manager.lds.update_rejected")
-                .await?
-                .unwrap_or(0)
-                + admin::stat(proxy.admin, "cluster_manager.cds.update_rejected")
-                    .await?
-                    .unwrap_or(0);
-            if !applied || rejected > before.2 {
+            if !applied {
                 bail!(
-                    "Envoy for {} did not accept config version {version} (rejected: {rejected}); its log:\n{}",
+                    "Envoy for {} did not take config version {version} within {APPLY_DEADLINE:?}; its log:\n{}",
                     proxy.name,
                     tail_log(&proxy.dir)
                 );
             }
+            *proxy.written.lock().expect("written lock") = config.clone();
         }
-        // Record what each proxy now has (interior state kept simple: rebuild the cache).
         *self.model.lock().expect("model lock") = model;
-        // `written` is only an optimisation; a stale copy makes the next apply rewrite more.
         Ok(())
     }
 
@@ -459,22 +470,6 @@ impl Drop for LocalMesh {
     }
 }
 
-async fn update_counts(admin_addr: SocketAddr) -> Result<(u64, u64, u64)> {
-    let lds = admin::stat(admin_addr, "listener_manager.lds.update_success")
-        .await?
-        .unwrap_or(0);
-    let cds = admin::stat(admin_addr, "cluster_manager.cds.update_success")
-        .await?
-        .unwrap_or(0);
-    let rejected = admin::stat(admin_addr, "listener_manager.lds.update_rejected")
-        .await?
-        .unwrap_or(0)
-        + admin::stat(admin_addr, "cluster_manager.cds.update_rejected")
-            .await?
-            .unwrap_or(0);
-    Ok((lds, cds, rejected))
-}
-
 async fn start_agent(pod: &Pod, placement: &SidecarPlacement, control: &Path) -> Result<Agent> {
     let (first, rest) = pod.args.split_first().ok_or_else(|| {
         anyhow!(
@@ -520,7 +515,9 @@ fn write_xds(dir: &Path, config: &EnvoyConfig, version: u64) -> Result<()> {
     )
 }
 
-fn spawn_proxy(
+#[allow(clippy::too_many_arguments)]
+async fn spawn_proxy(
+    thread: &MeshThread,
     envoy: &Path,
     name: &str,
     node: &str,
@@ -549,13 +546,16 @@ fn spawn_proxy(
             "1",
         ])
         .args(["--service-node", name]);
-    let process = Supervised::spawn(&format!("envoy ({name})"), cmd, &dir.join("envoy.log"))?;
+    let (label, log) = (format!("envoy ({name})"), dir.join("envoy.log"));
+    let process = thread
+        .run(async move { Supervised::spawn(&label, cmd, &log) })
+        .await??;
     Ok(Proxy {
         name: name.to_string(),
         admin,
         dir: dir.to_path_buf(),
         process,
-        written: config,
+        written: Mutex::new(config),
     })
 }
 

@@ -159,7 +159,7 @@ fn namespace(ns: &str) -> Value {
 /// A request principal is "iss/sub" from the verified JWT; jwt_authn puts the payload in
 /// dynamic metadata, so match its iss and sub there.
 fn request_principal(p: &str) -> Value {
-    let claim = |key: &str, m: Value| json!({"metadata": {"filter": JWT_FILTER, "path": [{"key": PAYLOAD_METADATA_KEY}, {"key": key}], "value": {"string_match": m}}});
+    let claim = |key: &str, m: Value| json!({"sourced_metadata": {"metadata_matcher": {"filter": JWT_FILTER, "path": [{"key": PAYLOAD_METADATA_KEY}, {"key": key}], "value": {"string_match": m}}}});
     if p == "*" {
         return claim("iss", json!({"safe_regex": {"regex": ".+"}}));
     }
@@ -281,12 +281,13 @@ mod tests {
         assert_eq!(string_match("*-sa", "spiffe://"), json!({"suffix": "-sa"}));
         let rp = request_principal("*");
         assert_eq!(
-            rp["metadata"]["path"],
+            rp["sourced_metadata"]["metadata_matcher"]["path"],
             json!([{"key": "payload"}, {"key": "iss"}])
         );
         let rp = request_principal("pyairtable-auth/tenant-a");
         assert_eq!(
-            rp["and_ids"]["ids"][1]["metadata"]["value"]["string_match"]["exact"],
+            rp["and_ids"]["ids"][1]["sourced_metadata"]["metadata_matcher"]["value"]["string_match"]
+                ["exact"],
             "tenant-a"
         );
         assert_eq!(

@@ -20,8 +20,14 @@ pub fn bootstrap(node_id: &str, cluster: &str, admin: SocketAddr, xds_dir: &Path
         "node": {"id": node_id, "cluster": cluster},
         "admin": {"address": {"socket_address": {"address": admin.ip().to_string(), "port_value": admin.port()}}},
         "dynamic_resources": {"lds_config": source(LDS_FILE), "cds_config": source(CDS_FILE)},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 50000,
+            },
+        }]},
         "layered_runtime": {"layers": [
-            {"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}},
             // Chaos and tests flip runtime keys (e.g. fault percentages) through /runtime_modify.
             {"name": "admin", "admin_layer": {}},
         ]},

@@ -92,7 +92,9 @@ impl Ctx {
             let mut reused = conn.as_ref().is_some_and(|c| !c.is_closed());
             loop {
                 if !reused {
-                    *conn = Some(self.connector.connect(inline).await?);
+                    // Boxed: the TLS connect future is large, and inlining it
+                    // would make every request's future (moved per request) as big.
+                    *conn = Some(Box::pin(self.connector.connect(inline)).await?);
                 }
                 let Some(c) = conn.as_mut() else {
                     return Err(ErrorKind::Other);

@@ -269,7 +269,13 @@ pub fn render(
     let mid = |t_s: u64| t_s as f64 + width / 2.0;
     let mut thr = vec![Series {
         name: "achieved".into(),
-        points: b.iter().map(|x| (mid(x.t_s), x.rps)).collect(),
+        // A trailing sliver of a bucket (the last completions) gives a
+        // meaningless rate; plot only buckets at least half covered.
+        points: b
+            .iter()
+            .filter(|x| x.span_s >= width / 2.0)
+            .map(|x| (mid(x.t_s), x.rps))
+            .collect(),
         dashed: false,
     }];
     if let Some(asked) = summary.rate.asked {

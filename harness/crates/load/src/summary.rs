@@ -132,6 +132,8 @@ pub struct TimelineOut {
 pub struct BucketOut {
     /// Bucket start, seconds from the start of measurement.
     pub t_s: u64,
+    /// Seconds of the bucket inside the measured period (the last one is often partial).
+    pub span_s: f64,
     /// Completions in the bucket (responses and errors).
     pub requests: u64,
     pub errors: u64,
@@ -167,11 +169,17 @@ impl Summary {
             .timeline
             .buckets()
             .iter()
-            .map(|b| BucketOut {
+            .map(|b| {
+                let end = (b.start_s + b.width_s) as f64;
+                let span = (end.min(r.elapsed.as_secs_f64()) - b.start_s as f64).max(0.001);
+                (b, round3(span))
+            })
+            .map(|(b, span_s)| BucketOut {
                 t_s: b.start_s,
+                span_s,
                 requests: b.requests,
                 errors: b.errors,
-                rps: round3(b.requests as f64 / b.width_s as f64),
+                rps: round3(b.requests as f64 / span_s),
                 p50_ms: b.p50_us as f64 / 1000.0,
                 p99_ms: b.p99_us as f64 / 1000.0,
                 max_ms: b.max_us as f64 / 1000.0,

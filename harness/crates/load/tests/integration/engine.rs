@@ -200,3 +200,25 @@ async fn server_closing_connections_is_not_an_error() {
         assert_eq!(r.recorder.ok, 100, "open={open}: {:?}", r.recorder.errors);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_free_connection_counts_as_latency() {
+    // One connection, 20 ms per response, asked 200/s: the server can only do
+    // 50/s, so requests queue in the generator. Measured from their intended
+    // times, the last of 20 requests (intended at 95 ms, answered near 400 ms)
+    // waited about 300 ms.
+    let srv = server::start(Behaviour::default()).await;
+    let mut p = plan(&srv.url("/sleep/20"), |a| {
+        a.rate = Some(200.0);
+        a.requests = Some(20);
+    });
+    p.mode = Mode::Open {
+        rate: 200.0,
+        max_connections: 1,
+    };
+    let r = run(&p).await.unwrap();
+    assert_eq!(r.recorder.ok, 20);
+    let max = ms(Duration::from_micros(r.latency().max()));
+    assert!(max >= 250.0, "max {max} ms");
+    assert!(r.achieved_rate() < 60.0, "achieved {}", r.achieved_rate());
+}

@@ -1,0 +1,91 @@
+//! Shared fixtures for tests against the embedded mesh: a mesh started once per test binary,
+//! meshes built from edited copies of the manifests, and polling with a deadline.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use meshtest::local::{LocalMesh, LocalOptions};
+use meshtest::target::local::LocalTarget;
+use tokio::sync::OnceCell;
+
+pub fn pyairtable_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../mesh/pyairtable")
+}
+
+/// The intact PyAirtable mesh, started once for every test in this binary. Its Envoys die with
+/// the test process (PR_SET_PDEATHSIG on the mesh's own thread).
+pub async fn shared() -> &'static LocalTarget {
+    static MESH: OnceCell<LocalTarget> = OnceCell::const_new();
+    MESH.get_or_init(|| async { start(&pyairtable_dir()).await })
+        .await
+}
+
+pub async fn start(dir: &Path) -> LocalTarget {
+    meshtest::tls::install_crypto_provider();
+    let opts = LocalOptions {
+        mesh_dir: dir.to_path_buf(),
+        envoy: None,
+    };
+    let mesh = LocalMesh::start(&opts)
+        .await
+        .unwrap_or_else(|e| panic!("starting the mesh from {}: {e:#}", dir.display()));
+    LocalTarget::owning(mesh, dir).expect("target")
+}
+
+/// A copy of the PyAirtable manifests with `edit(file name, text)` applied to each file.
+pub fn mesh_copy(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(pyairtable_dir()).expect("mesh dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&path).expect("read manifest");
+        std::fs::write(dir.path().join(&name), edit(&name, text)).expect("write manifest");
+    }
+    dir
+}
+
+/// Polls `check` until it holds or `deadline` passes; returns whether it held.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Asserts that an async condition becomes true within a deadline (no sleeps standing in for readiness).
+#[macro_export]
+macro_rules! assert_eventually {
+    ($deadline:expr, $check:expr, $($msg:tt)+) => {
+        assert!($crate::support::eventually($deadline, $check).await, $($msg)+)
+    };
+}
+
+/// PIDs of live processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let zombie = std::fs::read_to_string(entry.path().join("stat"))
+                .is_ok_and(|s| s.contains(") Z "));
+            if cmdline.contains(needle) && !zombie {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
