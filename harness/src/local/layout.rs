@@ -88,6 +88,7 @@ impl RunDir {
     pub fn create(octet: u8) -> Result<RunDir> {
         use std::os::unix::fs::DirBuilderExt;
         // Short paths: Unix socket paths must fit in 108 bytes.
+        remove_stale_run_dirs();
         let path = std::env::temp_dir().join(format!("meshtest-{octet}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new()
@@ -102,6 +103,27 @@ impl RunDir {
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes run directories of meshes whose process is gone (killed with -9, or a test binary's
+/// shared mesh that is never dropped): they hold keys.
+fn remove_stale_run_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("meshtest-") else {
+            continue;
+        };
+        let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        if rest.contains('-') && unsafe { libc::kill(pid, 0) } != 0 {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -213,15 +213,42 @@ fn typed<S: DeserializeOwned>(origin: &Origin, doc: &str) -> Result<Resource<S>,
 /// Parses a document, turning YAML errors into file:line errors in the original file.
 fn parse<T: DeserializeOwned>(origin: &Origin, doc: &str) -> Result<T, InputError> {
     serde_saphyr::from_str::<T>(doc).map_err(|e| {
-        let line = e.location().map(|l| origin.line + l.line().saturating_sub(1)).unwrap_or(origin.line);
-        let message = first_line_of(&e.to_string());
+        let doc_line = e.location().map(|l| l.line()).unwrap_or(1).max(1);
+        let line = origin.line + doc_line - 1;
+        let message = strip_location(&first_line_of(&e.to_string()));
         let mut err = InputError::new(&origin.file, message.clone()).at_line(line);
         if let Some(field) = unknown_field_name(&message) {
-            err.message = format!("unsupported field `{field}`: meshtest's translator does not handle it, and dropping it could hide a broken promise ({message})");
+            err.message = format!(
+                "unsupported field `{field}`: meshtest's translator does not handle it, and dropping it could hide a broken promise ({message})"
+            );
             err = err.field(field);
+        } else if let Some(key) = doc.lines().nth(doc_line as usize - 1).and_then(key_of_line) {
+            // The value on this line is what failed: name its key.
+            err = err.field(key);
         }
         err
     })
+}
+
+/// "error: line 3 column 5: invalid u32" -> "invalid u32" (we report the file's own line).
+fn strip_location(message: &str) -> String {
+    let m = message.strip_prefix("error: ").unwrap_or(message);
+    match m.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((_, rest)) => rest.to_string(),
+        None => m.to_string(),
+    }
+}
+
+/// The mapping key on a YAML line (`  - name: x` -> `name`).
+fn key_of_line(line: &str) -> Option<String> {
+    let t = line.trim_start().trim_start_matches("- ").trim();
+    let (key, _) = t.split_once(':')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+    .then(|| key.to_string())
 }
 
 fn first_line_of(s: &str) -> String {
@@ -282,6 +309,18 @@ mod tests {
     fn malformed_yaml_names_line() {
         let err = load("apiVersion: v1\nkind: Service\nmetadata:\n  name: [x\n").unwrap_err();
         assert!(err.line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let err = load("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: x\n  trafficPolicy:\n    outlierDetection:\n      consecutiveGatewayErrors: many\n").unwrap_err();
+        assert_eq!(err.line, Some(12), "{err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("consecutiveGatewayErrors"),
+            "{err}"
+        );
+        assert!(!err.message.contains("line "), "{err}");
     }
 
     #[test]

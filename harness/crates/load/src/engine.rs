@@ -119,11 +119,12 @@ impl Ctx {
 
     /// Records the outcome of a request whose latency counts from `origin`.
     /// Requests that began before measurement (warmup) are not recorded.
-    fn record(&self, origin: Instant, res: &Result<(u16, Bytes), ErrorKind>) {
-        if origin < self.measure_start {
-            return;
-        }
+    /// Returns the completion time.
+    fn record(&self, origin: Instant, res: &Result<(u16, Bytes), ErrorKind>) -> Instant {
         let done = Instant::now();
+        if origin < self.measure_start {
+            return done;
+        }
         let at = done - self.measure_start;
         // Parse outside the lock; only the histogram updates are serialized.
         let version = match res {
@@ -135,6 +136,7 @@ impl Ctx {
             Ok((status, _)) => rec.response(at, done - origin, *status, version.as_deref()),
             Err(kind) => rec.error(at, *kind),
         }
+        done
     }
 }
 
@@ -218,8 +220,8 @@ async fn closed_loop(ctx: Arc<Ctx>, connections: usize, stop: Stop) {
         let issued = issued.clone();
         workers.spawn(async move {
             let mut conn = None;
+            let mut begin = Instant::now();
             loop {
-                let begin = Instant::now();
                 if begin >= ctx.measure_start {
                     let more = match stop {
                         Stop::Duration(d) => begin < ctx.measure_start + d,
@@ -230,10 +232,13 @@ async fn closed_loop(ctx: Arc<Ctx>, connections: usize, stop: Stop) {
                     }
                 }
                 let res = ctx.exchange(&mut conn, true).await;
-                ctx.record(begin, &res);
+                // The next request starts now: reuse the completion time
+                // rather than read the clock again.
+                begin = ctx.record(begin, &res);
                 if res == Err(ErrorKind::Connect) {
                     // Refused connects fail in microseconds; don't spin a core on them.
                     tokio::time::sleep(Duration::from_millis(1)).await;
+                    begin = Instant::now();
                 }
             }
         });
@@ -310,7 +315,7 @@ async fn open_loop(ctx: Arc<Ctx>, schedule: Schedule, max_in_flight: usize) -> R
                 handle.spawn(async move {
                     let mut conn = conn;
                     let res = ctx.exchange(&mut conn, false).await;
-                    ctx.record(intended, &res);
+                    let _ = ctx.record(intended, &res);
                     if let Some(c) = conn {
                         pool.give_back(c);
                     }

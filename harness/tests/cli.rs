@@ -1,0 +1,270 @@
+//! The real `meshtest` binary in a temp dir, as a user runs it. Failures print the command,
+//! its working directory, stdout and stderr.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{eventually, mesh_copy, processes_mentioning, pyairtable_dir};
+
+fn meshtest(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshtest"))
+        .args(args)
+        .current_dir(cwd)
+        .env("MESHTEST_STATE_DIR", cwd.join("state"))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running meshtest")
+}
+
+fn explain(cwd: &Path, args: &[&str], out: &Output) -> String {
+    format!(
+        "command: meshtest {}\ncwd: {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        cwd.display(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn expect(cwd: &Path, args: &[&str], code: i32) -> Output {
+    let out = meshtest(cwd, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        explain(cwd, args, &out)
+    );
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn unsupported_field_exits_2_naming_file_line_and_field() {
+    let mesh = mesh_copy(|name, text| {
+        if name == "security.yaml" {
+            text.replacen("  action: ALLOW\n  rules:\n", "  action: ALLOW\n  rules:\n  - when:\n    - key: request.headers[x-debug]\n      values: [\"1\"]\n", 1)
+        } else {
+            text
+        }
+    });
+    let cwd = tempfile::tempdir().unwrap();
+    let args = ["up", "--mesh", mesh.path().to_str().unwrap()];
+    let out = expect(cwd.path(), &args, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("security.yaml:") && err.contains("`when`"),
+        "{}",
+        explain(cwd.path(), &args, &out)
+    );
+}
+
+#[test]
+fn malformed_yaml_exits_2_with_file_and_line() {
+    let mesh = mesh_copy(|name, text| {
+        if name == "traffic.yaml" {
+            text.replacen("    tls:\n", "    tls: [\n", 1)
+        } else {
+            text
+        }
+    });
+    let cwd = tempfile::tempdir().unwrap();
+    let args = ["up", "--mesh", mesh.path().to_str().unwrap()];
+    let out = expect(cwd.path(), &args, 2);
+    let err = stderr(&out);
+    let located = err.lines().any(|l| {
+        l.contains("traffic.yaml:")
+            && l.split("traffic.yaml:")
+                .nth(1)
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    });
+    assert!(located, "{}", explain(cwd.path(), &args, &out));
+}
+
+#[test]
+fn missing_mesh_dir_and_bad_flags_exit_2() {
+    let cwd = tempfile::tempdir().unwrap();
+    expect(cwd.path(), &["up", "--mesh", "no/such/dir"], 2);
+    expect(
+        cwd.path(),
+        &["token", "--tenant", "acme", "--tier", "gold"],
+        2,
+    );
+    expect(cwd.path(), &["call", "--to", "auth-service", "health"], 2);
+}
+
+#[test]
+fn token_prints_a_signed_jwt() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = expect(
+        cwd.path(),
+        &["token", "--tenant", "acme", "--tier", "free"],
+        0,
+    );
+    assert_eq!(stdout(&out).trim().split('.').count(), 3);
+}
+
+#[test]
+fn call_without_a_running_mesh_says_how_to_start_one() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = expect(
+        cwd.path(),
+        &[
+            "call",
+            "--from",
+            "api-gateway",
+            "--to",
+            "auth-service",
+            "/health",
+        ],
+        1,
+    );
+    assert!(stderr(&out).contains("meshtest up"), "{}", stderr(&out));
+}
+
+/// `meshtest up` in the background until it prints "ready"; returns the child and its run dir.
+fn up(cwd: &Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshtest"))
+        .args(["up", "--mesh", pyairtable_dir().to_str().unwrap()])
+        .current_dir(cwd)
+        .env("MESHTEST_STATE_DIR", cwd.join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning meshtest up");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        ready.contains("ready") && ready.contains("ingress http://"),
+        "first line: {ready:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cwd.join("state/state.json")).unwrap())
+            .unwrap();
+    for key in ["http", "https"] {
+        assert!(
+            state["ingress"][key]
+                .as_str()
+                .is_some_and(|a| a.contains(':')),
+            "{state}"
+        );
+    }
+    let pod = &state["pods"][0];
+    for key in ["name", "service", "version", "sa", "address", "admin"] {
+        assert!(pod[key].is_string(), "pods[0].{key} in {state}");
+    }
+    (child, state["run_dir"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn up_call_status_down_and_nothing_left_behind() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (mut child, run_dir) = up(cwd.path());
+    assert_eq!(processes_mentioning(&run_dir).len(), 12);
+
+    let ok = expect(
+        cwd.path(),
+        &[
+            "call",
+            "--from",
+            "api-gateway",
+            "--to",
+            "auth-service",
+            "/health",
+        ],
+        0,
+    );
+    assert!(
+        stdout(&ok).starts_with("HTTP 200")
+            && stdout(&ok).contains("spiffe://cluster.local/ns/pyairtable/sa/api-gateway-sa"),
+        "{}",
+        stdout(&ok)
+    );
+    let denied = expect(
+        cwd.path(),
+        &[
+            "call",
+            "--from",
+            "llm-orchestrator",
+            "--to",
+            "auth-service",
+            "/health",
+        ],
+        0,
+    );
+    assert!(
+        stdout(&denied).starts_with("HTTP 403") && stdout(&denied).contains("RBAC: access denied"),
+        "{}",
+        stdout(&denied)
+    );
+    let refused = expect(
+        cwd.path(),
+        &[
+            "call",
+            "--outside",
+            "--plaintext",
+            "--to",
+            "auth-service",
+            "/health",
+        ],
+        1,
+    );
+    assert!(
+        stdout(&refused).contains("no HTTP response"),
+        "{}",
+        stdout(&refused)
+    );
+    let tls = expect(
+        cwd.path(),
+        &["call", "--outside", "--to", "auth-service", "/health"],
+        1,
+    );
+    assert!(stdout(&tls).contains("TLS"), "{}", stdout(&tls));
+    expect(cwd.path(), &["call", "--via-ingress", "/health"], 0);
+    expect(cwd.path(), &["status"], 0);
+
+    expect(cwd.path(), &["down"], 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "up exited with {status}");
+    assert!(
+        processes_mentioning(&run_dir).is_empty(),
+        "left behind: {:?}",
+        processes_mentioning(&run_dir)
+    );
+    assert!(!cwd.path().join("state/state.json").exists());
+}
+
+#[tokio::test]
+async fn kill_9_of_up_takes_its_envoys_with_it() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (mut child, run_dir) = up(cwd.path());
+    child.kill().unwrap(); // SIGKILL: no cleanup code runs in meshtest.
+    child.wait().unwrap();
+    let gone = eventually(Duration::from_secs(5), || async {
+        processes_mentioning(&run_dir).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "left behind after kill -9: {:?}",
+        processes_mentioning(&run_dir)
+    );
+    // A stale state file is recognised as such.
+    let out = expect(cwd.path(), &["status"], 1);
+    assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
+}
