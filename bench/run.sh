@@ -114,7 +114,10 @@ log "open loop 1000/s with one 500 ms stall"
 stall_after & STALLER=$!
 timed stall "$LOADGEN" $URL --rate 1000 --duration ${DURATION}s --no-progress --report-dir "$OUT/stall"
 wait $STALLER
-log "wrk (closed loop) with the same stall, for contrast"
+log "hey and wrk (closed loop) with the same stall, for contrast"
+stall_after & STALLER=$!
+timed stall-hey hey -c $CONNS -z ${DURATION}s $URL
+wait $STALLER
 stall_after & STALLER=$!
 timed stall-wrk wrk -t1 -c$CONNS -d${DURATION}s --latency $URL
 wait $STALLER

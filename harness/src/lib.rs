@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod conformance;
 pub mod envoy;
 pub mod error;
 pub mod local;

@@ -71,13 +71,14 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         );
     }
     let started = Instant::now();
+    let mesh_dir = a.mesh.canonicalize().unwrap_or_else(|_| a.mesh.clone());
     let opts = LocalOptions {
-        mesh_dir: a.mesh.clone(),
+        mesh_dir: mesh_dir.clone(),
         envoy: a.envoy,
     };
     let mesh = LocalMesh::start(&opts).await?;
     let elapsed = started.elapsed();
-    let state = mesh.state(&a.mesh);
+    let state = mesh.state(&mesh_dir);
     std::fs::create_dir_all(super::state_dir())?;
     crate::local::layout::write_atomic(&state_file(), &serde_json::to_vec_pretty(&state)?)?;
     let http = state.ingress.http.clone().unwrap_or_else(|| "-".into());

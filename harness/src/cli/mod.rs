@@ -2,6 +2,7 @@
 
 mod call;
 mod mesh;
+mod run;
 mod token;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ enum Command {
     Down(mesh::StateArgs),
     /// Print a JWT the mesh accepts (or, with --expired/--issuer/..., one it must refuse).
     Token(token::TokenArgs),
+    /// Run the conformance features against the mesh; exit 1 names each broken promise.
+    Run(run::RunArgs),
     /// Make one HTTP call from a workload, from outside the mesh, or through the ingress.
     Call(call::CallArgs),
     /// Run the test workload (echo + control API) that every pod of the mesh runs.
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
             Command::Down(a) => mesh::down(a).await,
             Command::Token(a) => token::run(a),
             Command::Call(a) => call::run(a).await,
+            Command::Run(a) => run::run(a).await,
             Command::Agent(a) => {
                 let agent = crate::agent::Agent::start(a.into_config()).await?;
                 eprintln!(

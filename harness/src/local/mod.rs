@@ -127,6 +127,7 @@ pub struct IngressState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PodState {
     pub name: String,
+    pub namespace: String,
     pub service: String,
     pub version: String,
     pub sa: String,
@@ -435,6 +436,7 @@ impl LocalMesh {
                 .iter()
                 .map(|p| PodState {
                     name: p.pod.name.clone(),
+                    namespace: p.pod.namespace.clone(),
                     service: p.pod.service.clone(),
                     version: p.pod.version.clone(),
                     sa: p.pod.service_account.clone(),

@@ -11,6 +11,7 @@ use crate::agent::Fault;
 use crate::agent::control::CallOrder;
 use crate::client::{self, Dial, Request};
 use crate::local::{LocalMesh, State, admin};
+use crate::manifest::Manifests;
 use crate::outcome::Outcome;
 use crate::tls;
 
@@ -19,16 +20,20 @@ pub struct LocalTarget {
     ca_pem: String,
     /// Present when this process owns the mesh (tests, `meshtest run`).
     mesh: Option<LocalMesh>,
+    /// The manifests the mesh was started from.
+    declared: Manifests,
 }
 
 impl LocalTarget {
     pub fn owning(mesh: LocalMesh, mesh_dir: &std::path::Path) -> Result<LocalTarget> {
         let state = mesh.state(mesh_dir);
         let ca_pem = std::fs::read_to_string(&state.ca).context("reading the mesh CA")?;
+        let declared = mesh.model().manifests;
         Ok(LocalTarget {
             state,
             ca_pem,
             mesh: Some(mesh),
+            declared,
         })
     }
 
@@ -36,10 +41,12 @@ impl LocalTarget {
     pub fn attach(state: State) -> Result<LocalTarget> {
         let ca_pem = std::fs::read_to_string(&state.ca)
             .with_context(|| format!("reading the mesh CA {}", state.ca.display()))?;
+        let declared = Manifests::load_dir(&state.mesh_dir)?;
         Ok(LocalTarget {
             state,
             ca_pem,
             mesh: None,
+            declared,
         })
     }
 
@@ -124,6 +131,7 @@ impl Target for LocalTarget {
                 service: p.service.clone(),
                 version: p.version.clone(),
                 service_account: p.sa.clone(),
+                namespace: p.namespace.clone(),
                 address: p.address.clone(),
             })
             .collect()
@@ -216,7 +224,24 @@ impl Target for LocalTarget {
             .map(|_| ())
     }
 
-    async fn proxy_stats(&self, proxy: &str) -> Result<String> {
-        admin::get(self.admin(proxy)?, "/stats").await
+    async fn proxy_admin(&self, proxy: &str, method: &str, path: &str) -> Result<String> {
+        match method {
+            "GET" => admin::get(self.admin(proxy)?, path).await,
+            "POST" => admin::post(self.admin(proxy)?, path).await,
+            other => bail!("admin method {other} is not supported"),
+        }
+    }
+
+    fn manifests(&self) -> Manifests {
+        self.declared.clone()
+    }
+
+    async fn apply(&self, manifests: Manifests) -> Result<()> {
+        match &self.mesh {
+            Some(mesh) => mesh.apply(manifests).await,
+            None => {
+                bail!("live changes need the mesh in this process (meshtest run starts its own)")
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Fault;
+use crate::manifest::Manifests;
 use crate::outcome::Outcome;
 
 /// Where a call starts.
@@ -70,6 +71,7 @@ pub struct PodInfo {
     pub service: String,
     pub version: String,
     pub service_account: String,
+    pub namespace: String,
     pub address: String,
 }
 
@@ -93,6 +95,37 @@ pub trait Target: Send + Sync {
     /// Sets a fault on a pod's agent (replacing any other); `Fault::default()` clears it.
     async fn set_fault(&self, pod: &str, fault: Fault) -> Result<()>;
 
-    /// A proxy's Envoy stats (`/stats` text): a pod name, or "istio-ingressgateway".
-    async fn proxy_stats(&self, proxy: &str) -> Result<String>;
+    /// Calls a proxy's Envoy admin API (`GET /stats`, `GET /clusters`, `POST /runtime_modify?k=v`):
+    /// `proxy` is a pod name, or "istio-ingressgateway".
+    async fn proxy_admin(&self, proxy: &str, method: &str, path: &str) -> Result<String>;
+
+    /// The manifests the mesh was deployed from.
+    fn manifests(&self) -> Manifests;
+
+    /// Applies changed manifests live (same workloads); apply `manifests()` again to revert.
+    async fn apply(&self, manifests: Manifests) -> Result<()>;
+}
+
+/// A counter from a proxy's stats, 0 when Envoy has not created it yet.
+pub async fn stat(target: &dyn Target, proxy: &str, name: &str) -> Result<u64> {
+    let body = target
+        .proxy_admin(
+            proxy,
+            "GET",
+            &format!("/stats?filter=^{}$", regex_escape(name)),
+        )
+        .await?;
+    Ok(crate::local::admin::parse_stat(&body, name).unwrap_or(0))
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }

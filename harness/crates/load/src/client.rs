@@ -147,10 +147,10 @@ impl Conn {
                 std::future::poll_fn(|cx| {
                     // Let the driver process whatever happened since the last
                     // response (a close, typically) before asking for readiness.
-                    if let Some(d) = driver.as_mut() {
-                        if d.as_mut().poll(cx).is_ready() {
-                            *driver = None;
-                        }
+                    if let Some(d) = driver.as_mut()
+                        && d.as_mut().poll(cx).is_ready()
+                    {
+                        *driver = None;
                     }
                     match s.poll_ready(cx) {
                         Poll::Ready(r) => Poll::Ready(r.is_ok() && driver.is_some()),
@@ -171,12 +171,12 @@ impl Conn {
             Conn::H1Inline(s, driver) => {
                 let mut fut = pin!(exchange(s.send_request(req)));
                 std::future::poll_fn(|cx| {
-                    if let Some(d) = driver.as_mut() {
-                        if d.as_mut().poll(cx).is_ready() {
-                            // Dropping the finished driver fails the pending request
-                            // instead of leaving it waiting forever.
-                            *driver = None;
-                        }
+                    if let Some(d) = driver.as_mut()
+                        && d.as_mut().poll(cx).is_ready()
+                    {
+                        // Dropping the finished driver fails the pending request
+                        // instead of leaving it waiting forever.
+                        *driver = None;
                     }
                     fut.as_mut().poll(cx)
                 })

@@ -33,25 +33,23 @@ async fn open_loop_sends_the_asked_count_and_rate() {
     assert!((400.0..=510.0).contains(&achieved), "achieved {achieved}");
 }
 
-fn stall_run(mode_open: bool) -> impl std::future::Future<Output = LoadResult> {
-    async move {
-        // Request #100 makes the server hold everything for 200 ms.
-        let srv = server::start(Behaviour {
-            stall_at: Some((100, Duration::from_millis(200))),
-            ..Behaviour::default()
-        })
-        .await;
-        let p = plan(&srv.url("/"), |a| {
-            if mode_open {
-                a.rate = Some(400.0);
-                a.requests = Some(400);
-            } else {
-                a.connections = Some(1);
-                a.duration = Some("1s".into());
-            }
-        });
-        run(&p).await.unwrap()
-    }
+async fn stall_run(mode_open: bool) -> LoadResult {
+    // Request #100 makes the server hold everything for 200 ms.
+    let srv = server::start(Behaviour {
+        stall_at: Some((100, Duration::from_millis(200))),
+        ..Behaviour::default()
+    })
+    .await;
+    let p = plan(&srv.url("/"), |a| {
+        if mode_open {
+            a.rate = Some(400.0);
+            a.requests = Some(400);
+        } else {
+            a.connections = Some(1);
+            a.duration = Some("1s".into());
+        }
+    });
+    run(&p).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,15 +48,15 @@ fn check(root: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<Str
             return;
         }
     }
-    if let Some(e) = s.get("enum").and_then(Value::as_array) {
-        if !e.contains(v) {
-            errors.push(format!("{at}: {v} not in {e:?}"));
-        }
+    if let Some(e) = s.get("enum").and_then(Value::as_array)
+        && !e.contains(v)
+    {
+        errors.push(format!("{at}: {v} not in {e:?}"));
     }
-    if let (Some(min), Some(x)) = (s.get("minimum").and_then(Value::as_f64), v.as_f64()) {
-        if x < min {
-            errors.push(format!("{at}: {x} < minimum {min}"));
-        }
+    if let (Some(min), Some(x)) = (s.get("minimum").and_then(Value::as_f64), v.as_f64())
+        && x < min
+    {
+        errors.push(format!("{at}: {x} < minimum {min}"));
     }
     if let Some(obj) = v.as_object() {
         for r in s

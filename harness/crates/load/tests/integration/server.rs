@@ -53,10 +53,10 @@ async fn handle(
             }
             *s
         };
-        if let Some(until) = until {
-            if Instant::now() < until {
-                tokio::time::sleep_until(until.into()).await;
-            }
+        if let Some(until) = until
+            && Instant::now() < until
+        {
+            tokio::time::sleep_until(until.into()).await;
         }
     }
     let path = req.uri().path();

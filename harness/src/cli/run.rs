@@ -1,0 +1,85 @@
+//! `meshtest run`: the conformance suite against a target.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::conformance::{RunOptions, run as run_features, runner, validate};
+use crate::error::{InputError, exit};
+use crate::local::{LocalMesh, LocalOptions};
+use crate::target::Target;
+use crate::target::local::LocalTarget;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Feature files or directories (default: features/).
+    features: Vec<PathBuf>,
+    /// Directory of Kubernetes + Istio manifests (the local target starts it).
+    #[arg(long, default_value = "mesh/pyairtable")]
+    mesh: PathBuf,
+    /// Only scenarios matching this tag expression, e.g. "not @serial".
+    #[arg(long)]
+    tags: Option<String>,
+    /// Where the reports go (default: reports/RUN, RUN being the start time).
+    #[arg(long)]
+    report_dir: Option<PathBuf>,
+    /// Which mesh to test: local (the embedded mesh) or kube.
+    #[arg(long, env = "MESHTEST_TARGET", default_value = "local")]
+    target: String,
+    /// Scenarios run at once (@serial ones always run alone).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+pub async fn run(a: RunArgs) -> Result<u8> {
+    let features = if a.features.is_empty() {
+        vec![PathBuf::from("features")]
+    } else {
+        a.features
+    };
+    // Bad features are reported before any mesh starts.
+    validate::validate(&validate::feature_files(&features)?)?;
+    let target: Arc<dyn Target> = match a.target.as_str() {
+        "local" => {
+            if !a.mesh.is_dir() {
+                return Err(
+                    InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into(),
+                );
+            }
+            let mesh_dir = a.mesh.canonicalize()?;
+            let mesh = LocalMesh::start(&LocalOptions {
+                mesh_dir: mesh_dir.clone(),
+                envoy: None,
+            })
+            .await?;
+            Arc::new(LocalTarget::owning(mesh, &mesh_dir)?)
+        }
+        "kube" => {
+            return Err(InputError::new(
+                "--target",
+                "the kube target is not part of this build yet; use --target local",
+            )
+            .into());
+        }
+        other => {
+            return Err(InputError::new(
+                "--target",
+                format!("unknown target `{other}` (local or kube)"),
+            )
+            .into());
+        }
+    };
+    let opts = RunOptions {
+        features,
+        tags: a.tags,
+        report_dir: runner::report_dir(a.report_dir.as_deref()),
+        concurrency: a.concurrency,
+    };
+    let summary = run_features(target, &opts).await?;
+    Ok(if summary.passed() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}

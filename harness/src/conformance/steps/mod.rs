@@ -1,0 +1,10 @@
+//! Step definitions, one module per promise, all speaking the mesh's language and all going
+//! through the `Target` seam only.
+
+mod canary;
+mod circuit_breaker;
+mod common;
+mod jwt;
+mod mtls;
+mod rate_limit;
+mod routing;
