@@ -65,7 +65,20 @@ pub fn ensure() -> Result<PathBuf> {
     if cached.is_file() {
         return Ok(cached);
     }
-    install()?;
+    // One installer at a time (parallel tests all want Envoy on a fresh machine).
+    std::fs::create_dir_all(cache_dir().join("envoy"))?;
+    let lock = std::fs::File::create(cache_dir().join("envoy/.install.lock"))?;
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        bail!(
+            "locking the Envoy cache: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if !cached.is_file() {
+        install()?;
+    }
+    drop(lock);
     Ok(cached)
 }
 

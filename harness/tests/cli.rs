@@ -105,6 +105,51 @@ fn missing_mesh_dir_and_bad_flags_exit_2() {
 }
 
 #[test]
+fn bad_features_exit_2_with_file_and_line_before_any_mesh_starts() {
+    let cwd = tempfile::tempdir().unwrap();
+    let features = cwd.path().join("features");
+    std::fs::create_dir_all(&features).unwrap();
+    std::fs::write(features.join("typo.feature"), "Feature: typo\n\n  Scenario: a step nobody defined\n    Given the mesh is running\n    When api-gateway pings auth-service\n").unwrap();
+    let args = ["run", "features/typo.feature"];
+    let out = expect(cwd.path(), &args, 2);
+    assert!(
+        stderr(&out).contains("typo.feature:5") && stderr(&out).contains("unknown step"),
+        "{}",
+        explain(cwd.path(), &args, &out)
+    );
+
+    std::fs::write(
+        features.join("broken.feature"),
+        "Feature: broken\n  Scenario: x\n    Given the mesh is running\n  Examples oops\n",
+    )
+    .unwrap();
+    let args = ["run", "features/broken.feature"];
+    let out = expect(cwd.path(), &args, 2);
+    assert!(
+        stderr(&out).contains("broken.feature:"),
+        "{}",
+        explain(cwd.path(), &args, &out)
+    );
+
+    expect(cwd.path(), &["run", "features/none.feature"], 2);
+    std::fs::write(
+        features.join("ok.feature"),
+        "Feature: ok\n  Scenario: x\n    Given the mesh is running\n",
+    )
+    .unwrap();
+    expect(
+        cwd.path(),
+        &["run", "--target", "nowhere", "features/ok.feature"],
+        2,
+    );
+    expect(
+        cwd.path(),
+        &["run", "--mesh", "no/such/mesh", "features/ok.feature"],
+        2,
+    );
+}
+
+#[test]
 fn token_prints_a_signed_jwt() {
     let cwd = tempfile::tempdir().unwrap();
     let out = expect(

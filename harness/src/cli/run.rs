@@ -38,7 +38,24 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     } else {
         a.features
     };
-    // Bad features are reported before any mesh starts.
+    // Bad input is reported before any mesh starts.
+    match a.target.as_str() {
+        "local" => {}
+        "kube" => {
+            return Err(InputError::new(
+                "--target",
+                "the kube target is not part of this build yet; use --target local",
+            )
+            .into());
+        }
+        other => {
+            return Err(InputError::new(
+                "--target",
+                format!("unknown target `{other}` (local or kube)"),
+            )
+            .into());
+        }
+    }
     validate::validate(&validate::feature_files(&features)?)?;
     let target: Arc<dyn Target> = match a.target.as_str() {
         "local" => {
