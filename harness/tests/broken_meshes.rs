@@ -182,3 +182,19 @@ fn faults_without_the_header_match_break_the_routing_promise() {
         only("traffic.yaml", unguarded),
     );
 }
+
+#[test]
+fn a_slow_edge_route_breaks_the_latency_slo() {
+    let slow = |t: String| {
+        t.replace(
+            "  - name: default\n    route:",
+            "  - name: default\n    fault:\n      delay:\n        percentage:\n          value: 100\n        fixedDelay: 1500ms\n    route:",
+        )
+    };
+    assert_breaks(
+        "latency.feature",
+        "Latency within the SLO",
+        "the limit is 1000 ms",
+        only("traffic.yaml", slow),
+    );
+}

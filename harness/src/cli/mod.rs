@@ -1,6 +1,7 @@
 //! Command-line interface: raw flags here, validated and handed to the library.
 
 mod call;
+mod load;
 mod mesh;
 mod run;
 mod token;
@@ -35,6 +36,11 @@ enum Command {
     Token(token::TokenArgs),
     /// Run the conformance features against the mesh; exit 1 names each broken promise.
     Run(run::RunArgs),
+    /// Generate HTTP load (open loop at --rate, or closed loop over --connections) with HDR reports.
+    Load(meshtest_load::LoadArgs),
+    /// Work with reports: `meshtest report compare BASE CUR`.
+    #[command(subcommand)]
+    Report(load::ReportCommand),
     /// Make one HTTP call from a workload, from outside the mesh, or through the ingress.
     Call(call::CallArgs),
     /// Run the test workload (echo + control API) that every pod of the mesh runs.
@@ -73,6 +79,8 @@ pub fn main() -> ExitCode {
             Command::Token(a) => token::run(a),
             Command::Call(a) => call::run(a).await,
             Command::Run(a) => run::run(a).await,
+            Command::Load(a) => load::load(a).await,
+            Command::Report(c) => load::report(c),
             Command::Agent(a) => {
                 let agent = crate::agent::Agent::start(a.into_config()).await?;
                 eprintln!(

@@ -148,7 +148,7 @@ pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummar
         .context("creating cucumber.json")?;
 
     RESULTS.lock().expect("results lock").clear();
-    set_target(Some(target));
+    set_target(Some(target), Some(opts.report_dir.clone()));
     let selected: Vec<PathBuf> = files
         .iter()
         .map(|f| f.canonicalize().unwrap_or_else(|_| f.clone()))
@@ -200,6 +200,25 @@ pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummar
                         ScenarioFinished::StepPassed => None,
                     };
                     if let Some(world) = world {
+                        for (i, result) in std::mem::take(&mut world.loads).iter().enumerate() {
+                            let name = format!(
+                                "{}--{}-{}",
+                                slug(&feature.name),
+                                slug(&scenario.name),
+                                i + 1
+                            );
+                            if let Some(dir) = super::world::report_dir()
+                                && let Err(e) = meshtest_load::write_report(
+                                    &dir.join("load").join(&name),
+                                    &name,
+                                    result,
+                                )
+                            {
+                                failure.get_or_insert_with(|| {
+                                    format!("writing the load report {name}: {e}")
+                                });
+                            }
+                        }
                         let problems = world.revert().await;
                         if !problems.is_empty() {
                             let msg = format!("could not revert: {}", problems.join("; "));
@@ -238,7 +257,7 @@ pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummar
             })
             .await;
     }
-    set_target(None);
+    set_target(None, None);
     let results = std::mem::take(&mut *RESULTS.lock().expect("results lock"));
     let summary = RunSummary {
         results,
@@ -250,6 +269,19 @@ pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummar
     std::fs::write(opts.report_dir.join("summary.txt"), &rendered)
         .context("writing summary.txt")?;
     Ok(summary)
+}
+
+/// "Edge latency stays within the SLO" -> "edge-latency-stays-within-the-slo".
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').chars().take(60).collect()
 }
 
 fn common_parent(files: &[PathBuf]) -> Option<PathBuf> {

@@ -9,9 +9,16 @@ use crate::target::{Call, Target};
 
 /// The target every scenario of the current run talks to (set by the runner).
 static CURRENT: RwLock<Option<Arc<dyn Target>>> = RwLock::new(None);
+/// Where the current run writes its reports (load histograms land here too).
+static REPORT_DIR: RwLock<Option<std::path::PathBuf>> = RwLock::new(None);
 
-pub fn set_target(target: Option<Arc<dyn Target>>) {
+pub fn set_target(target: Option<Arc<dyn Target>>, report_dir: Option<std::path::PathBuf>) {
     *CURRENT.write().expect("target lock") = target;
+    *REPORT_DIR.write().expect("report dir lock") = report_dir;
+}
+
+pub fn report_dir() -> Option<std::path::PathBuf> {
+    REPORT_DIR.read().expect("report dir lock").clone()
 }
 
 /// Per-scenario state. Steps record what they did so later steps can judge it and so the
@@ -36,6 +43,8 @@ pub struct MeshWorld {
     pub faulted_pods: Vec<String>,
     pub runtime_overrides: Vec<(String, String)>,
     pub manifests_changed: bool,
+    /// Load runs of this scenario; the after-hook writes them into the run's report.
+    pub loads: Vec<meshtest_load::LoadResult>,
 }
 
 impl std::fmt::Debug for MeshWorld {
@@ -75,6 +84,7 @@ impl MeshWorld {
             faulted_pods: vec![],
             runtime_overrides: vec![],
             manifests_changed: false,
+            loads: vec![],
         })
     }
 

@@ -232,6 +232,15 @@ impl Target for LocalTarget {
         }
     }
 
+    fn ingress_url(&self, https: bool) -> Option<String> {
+        let ingress = &self.state.ingress;
+        if https {
+            ingress.https.as_ref().map(|a| format!("https://{a}"))
+        } else {
+            ingress.http.as_ref().map(|a| format!("http://{a}"))
+        }
+    }
+
     fn manifests(&self) -> Manifests {
         self.declared.clone()
     }

@@ -99,6 +99,9 @@ pub trait Target: Send + Sync {
     /// `proxy` is a pod name, or "istio-ingressgateway".
     async fn proxy_admin(&self, proxy: &str, method: &str, path: &str) -> Result<String>;
 
+    /// The ingress gateway's base URL (http://HOST:PORT or https://...), for load generation.
+    fn ingress_url(&self, https: bool) -> Option<String>;
+
     /// The manifests the mesh was deployed from.
     fn manifests(&self) -> Manifests;
 

@@ -5,6 +5,7 @@ mod canary;
 mod circuit_breaker;
 mod common;
 mod jwt;
+mod latency;
 mod mtls;
 mod rate_limit;
 mod routing;

@@ -1,0 +1,47 @@
+//! `meshtest load` and `meshtest report compare`: the load generator (crate meshtest-load),
+//! with tenant tokens minted the way `meshtest token` mints them.
+
+use anyhow::Result;
+use meshtest_load::{CompareArgs, LoadArgs, LoadError};
+
+use crate::error::{InputError, exit};
+use crate::token::{Tier, TokenSpec, mint};
+
+#[derive(clap::Subcommand)]
+pub enum ReportCommand {
+    /// Compare two load reports; exit 1 when CUR's p99 regressed past the threshold.
+    Compare(CompareArgs),
+}
+
+fn map_err(e: LoadError) -> anyhow::Error {
+    match e {
+        LoadError::Input(msg) => InputError::new("meshtest load", msg).into(),
+        other => anyhow::Error::new(other),
+    }
+}
+
+pub async fn load(mut a: LoadArgs) -> Result<u8> {
+    match (&a.tenant, &a.tier) {
+        (Some(tenant), Some(tier)) => {
+            let tier = Tier::parse(tier).ok_or_else(|| {
+                InputError::new("--tier", format!("`{tier}` is not free, pro or enterprise"))
+            })?;
+            let token = mint(&TokenSpec::new(tenant, tier))
+                .map_err(|e| InputError::new("--tenant", e.to_string()))?;
+            a.headers.push(format!("authorization: Bearer {token}"));
+        }
+        (None, None) => {}
+        _ => return Err(InputError::new("--tenant", "--tenant and --tier go together").into()),
+    }
+    meshtest_load::run_load(a).await.map_err(map_err)?;
+    Ok(exit::OK)
+}
+
+pub fn report(cmd: ReportCommand) -> Result<u8> {
+    match cmd {
+        ReportCommand::Compare(args) => {
+            let regressed = meshtest_load::run_compare(args).map_err(map_err)?;
+            Ok(if regressed { exit::FAILED } else { exit::OK })
+        }
+    }
+}
