@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod model;
 pub mod outcome;
 pub mod pki;
+pub mod regex_literal;
 pub mod target;
 pub mod tls;
 pub mod token;

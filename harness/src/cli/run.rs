@@ -42,51 +42,25 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     match a.target.as_str() {
         "local" => {}
         "kube" => {
-            return Err(InputError::new(
-                "--target",
-                "the kube target is not part of this build yet; use --target local",
-            )
-            .into());
+            let msg = "the kube target is not part of this build yet; use --target local";
+            return Err(InputError::new("--target", msg).into());
         }
         other => {
-            return Err(InputError::new(
-                "--target",
-                format!("unknown target `{other}` (local or kube)"),
-            )
-            .into());
+            let msg = format!("unknown target `{other}` (local or kube)");
+            return Err(InputError::new("--target", msg).into());
         }
     }
     validate::validate(&validate::feature_files(&features)?)?;
-    let target: Arc<dyn Target> = match a.target.as_str() {
-        "local" => {
-            if !a.mesh.is_dir() {
-                return Err(
-                    InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into(),
-                );
-            }
-            let mesh_dir = a.mesh.canonicalize()?;
-            let mesh = LocalMesh::start(&LocalOptions {
-                mesh_dir: mesh_dir.clone(),
-                envoy: None,
-            })
-            .await?;
-            Arc::new(LocalTarget::owning(mesh, &mesh_dir)?)
-        }
-        "kube" => {
-            return Err(InputError::new(
-                "--target",
-                "the kube target is not part of this build yet; use --target local",
-            )
-            .into());
-        }
-        other => {
-            return Err(InputError::new(
-                "--target",
-                format!("unknown target `{other}` (local or kube)"),
-            )
-            .into());
-        }
-    };
+    if !a.mesh.is_dir() {
+        return Err(InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into());
+    }
+    let mesh_dir = a.mesh.canonicalize()?;
+    let mesh = LocalMesh::start(&LocalOptions {
+        mesh_dir: mesh_dir.clone(),
+        envoy: None,
+    })
+    .await?;
+    let target: Arc<dyn Target> = Arc::new(LocalTarget::owning(mesh, &mesh_dir)?);
     let opts = RunOptions {
         features,
         tags: a.tags,

@@ -54,7 +54,11 @@ pub async fn xds_versions(admin: SocketAddr) -> Result<(Option<String>, Option<S
 
 /// One counter or gauge from /stats, or None if Envoy does not have it.
 pub async fn stat(admin: SocketAddr, name: &str) -> Result<Option<u64>> {
-    let body = get(admin, &format!("/stats?filter=^{}$", regex_escape(name))).await?;
+    let body = get(
+        admin,
+        &format!("/stats?filter=^{}$", crate::regex_literal::escape(name)),
+    )
+    .await?;
     Ok(parse_stat(&body, name))
 }
 
@@ -63,18 +67,6 @@ pub fn parse_stat(body: &str, name: &str) -> Option<u64> {
         let (k, v) = l.split_once(": ")?;
         (k == name).then(|| v.trim().parse().ok()).flatten()
     })
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if "\\.+*?()|[]{}^$".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 /// Polls `check` every 20 ms until it returns true or `deadline` passes.

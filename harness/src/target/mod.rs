@@ -115,20 +115,8 @@ pub async fn stat(target: &dyn Target, proxy: &str, name: &str) -> Result<u64> {
         .proxy_admin(
             proxy,
             "GET",
-            &format!("/stats?filter=^{}$", regex_escape(name)),
+            &format!("/stats?filter=^{}$", crate::regex_literal::escape(name)),
         )
         .await?;
     Ok(crate::local::admin::parse_stat(&body, name).unwrap_or(0))
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if "\\.+*?()|[]{}^$".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }

@@ -152,7 +152,7 @@ fn peer_principal(p: &str) -> Value {
 }
 
 fn namespace(ns: &str) -> Value {
-    let regex = format!(".*/ns/{}/.*", regex_escape(ns));
+    let regex = format!(".*/ns/{}/.*", crate::regex_literal::escape(ns));
     json!({"authenticated": {"principal_name": {"safe_regex": {"regex": regex}}}})
 }
 
@@ -177,18 +177,6 @@ fn path(p: &str) -> Value {
 
 fn method(m: &str) -> Value {
     json!({"header": {"name": ":method", "string_match": {"exact": m}}})
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if "\\.+*?()|[]{}^$".contains(c) {
-                vec!['\\', c]
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

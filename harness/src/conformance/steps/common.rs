@@ -3,6 +3,7 @@
 use cucumber::{given, then, when};
 use tokio::task::JoinSet;
 
+use crate::agent::Fault;
 use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
 use crate::outcome::Outcome;
 use crate::target::{Call, From, Target};
@@ -176,7 +177,7 @@ async fn pod_fails(w: &mut MeshWorld, pod: String, status: u16) {
     set_fault(
         w,
         &pod,
-        crate::agent::Fault {
+        Fault {
             status: Some(status),
             ..Default::default()
         },
@@ -186,46 +187,46 @@ async fn pod_fails(w: &mut MeshWorld, pod: String, status: u16) {
 
 #[given(regex = r"^every (\S+) replica answers every request with status (\d+)$")]
 async fn service_fails(w: &mut MeshWorld, service: String, status: u16) {
-    for pod in pods_of(w, &service) {
-        set_fault(
-            w,
-            &pod,
-            crate::agent::Fault {
-                status: Some(status),
-                ..Default::default()
-            },
-        )
-        .await;
-    }
+    fault_every_replica(
+        w,
+        &service,
+        Fault {
+            status: Some(status),
+            ..Default::default()
+        },
+    )
+    .await;
 }
 
 #[given(regex = r"^every (\S+) replica takes (\d+) ms to answer$")]
 async fn service_slow(w: &mut MeshWorld, service: String, ms: u64) {
-    for pod in pods_of(w, &service) {
-        set_fault(
-            w,
-            &pod,
-            crate::agent::Fault {
-                delay_ms: Some(ms),
-                ..Default::default()
-            },
-        )
-        .await;
-    }
+    fault_every_replica(
+        w,
+        &service,
+        Fault {
+            delay_ms: Some(ms),
+            ..Default::default()
+        },
+    )
+    .await;
 }
 
 #[given(regex = r"^every (\S+) replica hangs$")]
 async fn service_hangs(w: &mut MeshWorld, service: String) {
-    for pod in pods_of(w, &service) {
-        set_fault(
-            w,
-            &pod,
-            crate::agent::Fault {
-                hang: true,
-                ..Default::default()
-            },
-        )
-        .await;
+    fault_every_replica(
+        w,
+        &service,
+        Fault {
+            hang: true,
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+async fn fault_every_replica(w: &mut MeshWorld, service: &str, fault: Fault) {
+    for pod in pods_of(w, service) {
+        set_fault(w, &pod, fault.clone()).await;
     }
 }
 
@@ -241,7 +242,7 @@ pub fn pods_of(w: &MeshWorld, service: &str) -> Vec<String> {
     pods
 }
 
-pub async fn set_fault(w: &mut MeshWorld, pod: &str, fault: crate::agent::Fault) {
+pub async fn set_fault(w: &mut MeshWorld, pod: &str, fault: Fault) {
     // Journal first, so the after-hook reverts even a half-applied fault.
     w.faulted_pods.push(pod.to_string());
     if let Err(e) = w.target.set_fault(pod, fault).await {
