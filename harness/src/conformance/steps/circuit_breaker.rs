@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use cucumber::{then, when};
 
-use crate::conformance::steps::common::{batch, cluster_of, tally};
+use crate::conformance::steps::common::{batch, burst, cluster_of, tally};
 use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
 use crate::target::{Call, From, stat};
 
@@ -16,7 +16,7 @@ fn workload_call(from: &str, to: &str, path: &str) -> Call {
 
 #[when(regex = r"^(\S+) sends (\d+) concurrent requests to (\S+) at (\S+)$")]
 async fn concurrent(w: &mut MeshWorld, from: String, n: usize, to: String, path: String) {
-    w.batch = batch(w.target.clone(), n, n, workload_call(&from, &to, &path)).await;
+    w.batch = burst(w.target.clone(), n, workload_call(&from, &to, &path)).await;
 }
 
 #[when(regex = r"^(\S+) sends (\d+) requests to (\S+) at (\S+)$")]

@@ -1,6 +1,8 @@
 //! Steps shared by every promise: calls between workloads, and verdicts on their outcome.
 
 use cucumber::{given, then, when};
+use std::sync::Arc;
+
 use tokio::task::JoinSet;
 
 use crate::agent::Fault;
@@ -8,12 +10,34 @@ use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
 use crate::outcome::Outcome;
 use crate::target::{Call, From, Target};
 
-/// Makes `n` calls, at most `concurrency` at a time, returning outcomes in completion order.
+/// Calls in flight from all scenarios together. Scenarios run side by side, and their sum must
+/// stay under the seed's connection pool (50 connections + 50 pending per cluster), or the
+/// mesh rightly sheds the suite's own traffic with 503 overflow.
+static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
+
+/// Makes `n` calls, at most `concurrency` at a time (and within the suite's shared budget),
+/// returning outcomes in completion order.
 pub async fn batch(
-    target: std::sync::Arc<dyn Target>,
+    target: Arc<dyn Target>,
     n: usize,
     concurrency: usize,
     call: Call,
+) -> Vec<Outcome> {
+    calls(target, n, concurrency, call, true).await
+}
+
+/// All `n` calls at once, outside the shared budget: only for @serial scenarios that mean to
+/// overflow a connection pool.
+pub async fn burst(target: Arc<dyn Target>, n: usize, call: Call) -> Vec<Outcome> {
+    calls(target, n, n, call, false).await
+}
+
+async fn calls(
+    target: Arc<dyn Target>,
+    n: usize,
+    concurrency: usize,
+    call: Call,
+    budgeted: bool,
 ) -> Vec<Outcome> {
     let mut out = Vec::with_capacity(n);
     let mut set = JoinSet::new();
@@ -21,7 +45,14 @@ pub async fn batch(
     while out.len() < n {
         while started < n && set.len() < concurrency.max(1) {
             let (t, c) = (target.clone(), call.clone());
-            set.spawn(async move { t.call(&c).await });
+            set.spawn(async move {
+                let _permit = if budgeted {
+                    Some(IN_FLIGHT.acquire().await.expect("semaphore never closes"))
+                } else {
+                    None
+                };
+                t.call(&c).await
+            });
             started += 1;
         }
         match set.join_next().await {

@@ -10,8 +10,9 @@ use crate::conformance::world::MeshWorld;
 use crate::token::{Tier, TokenSpec, mint};
 
 #[when(
-    regex = r"^(\d+) requests are sent through the ingress to (\S+) at (\d+) per second(?: as tenant (\S+) on the (free|pro|enterprise) tier)?$"
+    regex = r"^(\d+) requests are sent through the ingress to (\S+) at (\d+) per second(?: as tenant (\S+) on the (free|pro|enterprise) tier)?(?: with header (\S+): (\S+))?$"
 )]
+#[allow(clippy::too_many_arguments)]
 async fn open_loop(
     w: &mut MeshWorld,
     n: u64,
@@ -19,6 +20,8 @@ async fn open_loop(
     rate: f64,
     tenant: String,
     tier: String,
+    header: String,
+    value: String,
 ) {
     let base = w
         .target
@@ -29,6 +32,9 @@ async fn open_loop(
     args.requests = Some(n);
     args.no_progress = true;
     args.timeout = "10s".into();
+    if !header.is_empty() {
+        args.headers.push(format!("{header}: {value}"));
+    }
     if !tenant.is_empty() {
         let tier = Tier::parse(&tier).expect("tier from the regex");
         // A fresh tenant id per run, so its bucket is its own.
