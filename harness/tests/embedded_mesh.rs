@@ -296,3 +296,67 @@ async fn stopping_the_mesh_leaves_no_process_behind() {
         processes_mentioning(&run_dir)
     );
 }
+
+#[tokio::test]
+async fn agent_faults_show_through_the_mesh_and_clear() {
+    use meshtest::agent::Fault;
+    let dir = mesh_copy(|_, text| text);
+    let mesh = start(dir.path()).await;
+    let call = || {
+        Call::new(
+            From::Workload("api-gateway-0".into()),
+            "file-processor",
+            "/upload",
+        )
+    };
+    let fault = |f: Fault| {
+        let mesh = &mesh;
+        async move { mesh.set_fault("file-processor-0", f).await.unwrap() }
+    };
+
+    fault(Fault {
+        status: Some(418),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(mesh.call(&call()).await.unwrap().status(), Some(418));
+
+    // A closed connection becomes Envoy's 503 to the caller.
+    fault(Fault {
+        close: true,
+        ..Default::default()
+    })
+    .await;
+    let o = mesh.call(&call()).await.unwrap();
+    assert_eq!(o.status(), Some(503), "{}", o.summary());
+    assert!(
+        o.body().is_some_and(
+            |b| b.contains("upstream connect error or disconnect/reset before headers")
+        ),
+        "{}",
+        o.summary()
+    );
+
+    fault(Fault {
+        delay_ms: Some(300),
+        ..Default::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(mesh.call(&call()).await.unwrap().status(), Some(200));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A hang outlasts the caller's deadline; the caller sees its own timeout.
+    fault(Fault {
+        hang: true,
+        ..Default::default()
+    })
+    .await;
+    let mut hung = call();
+    hung.timeout = Duration::from_millis(500);
+    let o = mesh.call(&hung).await.unwrap();
+    assert!(matches!(o, Outcome::Timeout { .. }), "{}", o.summary());
+
+    fault(Fault::default()).await;
+    assert_eq!(mesh.call(&call()).await.unwrap().status(), Some(200));
+}
