@@ -21,6 +21,10 @@ def cpu(name):
     return float(u) + float(s), float(e), int(m)
 
 
+def sys_time(name):
+    return float(read(name + ".time").split()[-3])
+
+
 def to_ms(v, unit):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
@@ -78,7 +82,7 @@ if read("oha-r1.out"):
     tools.append(("oha", lambda r: oha(f"oha-r{r}")))
 per_round = {}
 for name, parse in tools:
-    tot = dict(name=name, requests=0, secs=0.0, cpu=0.0, rss=0, errors=0, p99=0.0)
+    tot = dict(name=name, requests=0, secs=0.0, cpu=0.0, sys=0.0, rss=0, errors=0, p99=0.0)
     for rnd in range(1, rounds + 1):
         r = parse(rnd)
         c, wall, rss = cpu(f"{name}-r{rnd}")
@@ -87,10 +91,12 @@ for name, parse in tools:
         tot["requests"] += r["requests"]
         tot["secs"] += r["secs"]
         tot["cpu"] += c
+        tot["sys"] += sys_time(f"{name}-r{rnd}")
         tot["errors"] += r["errors"]
         tot["rss"] = max(tot["rss"], rss)
         tot["p99"] = max(tot["p99"], r["p99"])
-    tot.update(rps=tot["requests"] / tot["secs"], us_per_req=tot["cpu"] / max(tot["requests"], 1) * 1e6)
+    tot.update(rps=tot["requests"] / tot["secs"], us_per_req=tot["cpu"] / max(tot["requests"], 1) * 1e6,
+               sys_us=tot["sys"] / max(tot["requests"], 1) * 1e6)
     rows.append(tot)
 base = next(r for r in rows if r["name"] == "wrk")
 
@@ -108,11 +114,11 @@ print(f"- CPU time = user + sys of the generator process from GNU time; CPU/requ
 print(f"## Closed loop, {env['conns']} connections, {rounds} x {env['duration']} s\n")
 print(f"Load average when the bench started: {env.get('loadavg_start', '?')} (the machine is shared; tools run "
       f"interleaved, {rounds} rounds, and the table adds requests, seconds and CPU over all rounds; p99 is the worst round).\n")
-print("| tool | requests | seconds | req/s | req/s vs wrk | CPU s | CPU µs/req | CPU/req vs wrk | p99 ms | errors | max RSS MiB |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| tool | requests | seconds | req/s | req/s vs wrk | CPU s | CPU µs/req | of which sys | CPU/req vs wrk | p99 ms | errors | max RSS MiB |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     print(f"| {r['name']} | {r['requests']} | {r['secs']:.2f} | {r['rps']:.0f} | {r['rps'] / base['rps']:.2f}x | "
-          f"{r['cpu']:.2f} | {r['us_per_req']:.2f} | {r['us_per_req'] / base['us_per_req']:.2f}x | {r['p99']:.3f} | "
+          f"{r['cpu']:.2f} | {r['us_per_req']:.2f} | {r['sys_us']:.2f} | {r['us_per_req'] / base['us_per_req']:.2f}x | {r['p99']:.3f} | "
           f"{r['errors']} | {r['rss'] / 1024:.1f} |")
 print("\nPer round (req/s, CPU µs/req):\n")
 print("| tool | " + " | ".join(f"round {i}" for i in range(1, rounds + 1)) + " |")
@@ -188,3 +194,16 @@ if rss_series:
     pick = sorted({0, k // 4, k // 2, 3 * k // 4, k - 1})
     print("RSS samples (every 2 s): " + ", ".join(f"{rss_series[i] / 1024:.1f} MiB" for i in pick)
           + f"; peak (VmHWM) {hwm / 1024:.1f} MiB over {r_sum['duration_s']:.0f} s.")
+
+print("\n## Notes\n")
+print(f"- The bench machine is shared (another build ran alongside; load average {env.get('loadavg_start', '?')} "
+      "at the start on 2 cores), so single rounds vary a lot; compare tools within a round and over the sum.")
+print("- Closed-loop throughput is bounded by the single-core Envoy, so it mostly measures how each client's "
+      "request pattern suits Envoy; CPU per request is the generator's own cost.")
+print("- meshtest makes 1 `writev` + 1 `recvfrom` per request on a kept-alive connection (strace), fewer "
+      "syscalls than wrk (write + read + 2 `epoll_ctl`); system time per request: meshtest "
+      f"{mt['sys_us']:.2f} µs, wrk {base['sys_us']:.2f} µs. The rest of the gap is user time in hyper's HTTP/1 "
+      "state machine and tokio, which wrk (hand-written C event loop, pre-serialised request) does not have.")
+fails = [c for c, m, ok in checks if not ok]
+if fails:
+    print("- Not met in this run: " + "; ".join(fails) + ".")

@@ -1,7 +1,7 @@
 //! Stand-alone `meshtest load` for benchmarks: parses LoadArgs and calls run_load.
 //!
 //! `cargo run --release -p meshtest-load --example loadgen -- URL --connections 32 -d 10s`
-//! `... --example loadgen -- compare BASE CUR` runs load-compare instead.
+//! `... --example loadgen -- compare BASE CUR` runs the report comparison instead.
 
 use clap::{Parser, Subcommand};
 use meshtest_load::{CompareArgs, LoadArgs};

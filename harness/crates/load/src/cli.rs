@@ -1,4 +1,4 @@
-//! Raw command-line flags for `meshtest load` and `meshtest load-compare`.
+//! Raw command-line flags for `meshtest load` and `meshtest report compare`.
 //!
 //! These structs hold flags exactly as typed; [`crate::plan::LoadPlan::from_args`]
 //! validates them into a typed plan (ripgrep style), so every mistake is reported
@@ -114,7 +114,7 @@ impl LoadArgs {
     }
 }
 
-/// `meshtest load-compare BASE CUR [--max-p99-regression PCT]`
+/// `meshtest report compare BASE CUR [--max-p99-regression PCT]`
 #[derive(clap::Args, Debug, Clone)]
 pub struct CompareArgs {
     /// Baseline report directory or summary.json.

@@ -270,7 +270,7 @@ pub fn render(
     let mut thr = vec![Series {
         name: "achieved".into(),
         // A trailing sliver of a bucket (the last completions) gives a
-        // meaningless rate; plot only buckets at least half covered.
+        // meaningless rate; plot only buckets at least half covered (same below).
         points: b
             .iter()
             .filter(|x| x.span_s >= width / 2.0)
@@ -303,7 +303,7 @@ pub fn render(
             name: "p99".into(),
             points: b
                 .iter()
-                .filter(|x| x.requests > x.errors)
+                .filter(|x| x.requests > x.errors && x.span_s >= width / 2.0)
                 .map(|x| (mid(x.t_s), x.p99_ms))
                 .collect(),
             dashed: false,
@@ -312,7 +312,7 @@ pub fn render(
             name: "p50".into(),
             points: b
                 .iter()
-                .filter(|x| x.requests > x.errors)
+                .filter(|x| x.requests > x.errors && x.span_s >= width / 2.0)
                 .map(|x| (mid(x.t_s), x.p50_ms))
                 .collect(),
             dashed: true,

@@ -78,7 +78,7 @@ fn print_summary(s: &Summary, dir: &std::path::Path) {
     println!("report: {}", dir.display());
 }
 
-/// `meshtest load-compare BASE CUR`: prints the differences and returns true
+/// `meshtest report compare BASE CUR`: prints the differences and returns true
 /// when CUR's p99 regressed beyond `--max-p99-regression` (exit code 1).
 pub fn run_compare(args: CompareArgs) -> Result<bool, LoadError> {
     if !(args.max_p99_regression.is_finite() && args.max_p99_regression >= 0.0) {
