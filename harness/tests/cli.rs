@@ -313,3 +313,25 @@ async fn kill_9_of_up_takes_its_envoys_with_it() {
     let out = expect(cwd.path(), &["status"], 1);
     assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_the_mesh_and_everything_it_started() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (mut child, run_dir) = up(cwd.path());
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "up exited with {exit} after SIGINT");
+    assert!(
+        processes_mentioning(&run_dir).is_empty(),
+        "left behind: {:?}",
+        processes_mentioning(&run_dir)
+    );
+    assert!(
+        !Path::new(&run_dir).exists(),
+        "the run directory (keys) is removed"
+    );
+}
