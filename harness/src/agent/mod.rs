@@ -174,6 +174,8 @@ where
                 let mut conns = JoinSet::new();
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         continue;
                     };
                     let handler = handler.clone();

@@ -72,11 +72,15 @@ impl Block {
         Ipv4Addr::new(127, self.octet, s, pod.ordinal as u8 + 1)
     }
 
-    /// A Gateway port maps to itself, or +8000 below 1024 (as Istio's gateway pods do, without root).
+    /// Where a Gateway server port listens locally.
     pub fn gateway_listen(&self, port: u16) -> SocketAddr {
-        let port = if port < 1024 { port + 8000 } else { port };
-        SocketAddr::from((self.ingress_ip(), port))
+        SocketAddr::from((self.ingress_ip(), unprivileged(port)))
     }
+}
+
+/// Gateway ports below 1024 move up by 8000 (80 -> 8080, 443 -> 8443), as Istio's gateway pods do.
+pub fn unprivileged(port: u16) -> u16 {
+    if port < 1024 { port + 8000 } else { port }
 }
 
 /// The private run directory (0700), removed when dropped.

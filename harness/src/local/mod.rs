@@ -94,8 +94,7 @@ struct GatewayPorts {
 
 impl GatewayPlacement for GatewayPorts {
     fn listen(&self, port: u16) -> SocketAddr {
-        let port = if port < 1024 { port + 8000 } else { port };
-        SocketAddr::from((self.ip, port))
+        SocketAddr::from((self.ip, layout::unprivileged(port)))
     }
 
     fn credential(&self, name: &str) -> (PathBuf, PathBuf) {
