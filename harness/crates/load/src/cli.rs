@@ -84,6 +84,11 @@ pub struct LoadArgs {
     /// Do not print live progress on stderr.
     #[arg(long)]
     pub no_progress: bool,
+
+    /// HTTP client: auto (hand-rolled HTTP/1.1 for the closed loop over
+    /// http://, hyper otherwise), hyper, or fast.
+    #[arg(long, hide = true, default_value = "auto")]
+    pub client: String,
 }
 
 impl LoadArgs {
@@ -110,6 +115,7 @@ impl LoadArgs {
             report_dir: None,
             name: "load".into(),
             no_progress: false,
+            client: "auto".into(),
         }
     }
 }

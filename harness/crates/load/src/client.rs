@@ -75,7 +75,7 @@ pub fn classify(err: &hyper::Error) -> ErrorKind {
     ErrorKind::Other
 }
 
-fn classify_io(io: &std::io::Error) -> ErrorKind {
+pub(crate) fn classify_io(io: &std::io::Error) -> ErrorKind {
     use std::io::ErrorKind as K;
     if io.get_ref().is_some_and(|e| e.is::<rustls::Error>()) {
         return ErrorKind::Tls;

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::client::{Conn, Connector, ErrorKind};
 use crate::error::{LoadError, Result};
+use crate::http1;
 use crate::plan::{LoadPlan, Mode, Stop};
 use crate::progress::Progress;
 use crate::record::{Recorder, body_version};
@@ -72,6 +73,8 @@ impl LoadResult {
 /// State shared by every request of one run.
 struct Ctx {
     connector: Arc<Connector>,
+    /// The hand-rolled HTTP/1.1 client's target when the plan is eligible.
+    fast: Option<http1::Target>,
     rec: Arc<Mutex<Recorder>>,
     measure_start: Instant,
     timeout: Duration,
@@ -121,6 +124,14 @@ impl Ctx {
     /// Requests that began before measurement (warmup) are not recorded.
     /// Returns the completion time.
     fn record(&self, origin: Instant, res: &Result<(u16, Bytes), ErrorKind>) -> Instant {
+        match res {
+            Ok((status, body)) => self.record_parts(origin, Ok(*status), body),
+            Err(kind) => self.record_parts(origin, Err(*kind), &[]),
+        }
+    }
+
+    /// [`Ctx::record`] for a status (or error) and the response body.
+    fn record_parts(&self, origin: Instant, res: Result<u16, ErrorKind>, body: &[u8]) -> Instant {
         let done = Instant::now();
         if origin < self.measure_start {
             return done;
@@ -128,13 +139,13 @@ impl Ctx {
         let at = done - self.measure_start;
         // Parse outside the lock; only the histogram updates are serialized.
         let version = match res {
-            Ok((_, body)) => body_version(body),
+            Ok(_) => body_version(body),
             Err(_) => None,
         };
         let mut rec = self.rec.lock().expect("recorder lock");
         match res {
-            Ok((status, _)) => rec.response(at, done - origin, *status, version.as_deref()),
-            Err(kind) => rec.error(at, *kind),
+            Ok(status) => rec.response(at, done - origin, status, version.as_deref()),
+            Err(kind) => rec.error(at, kind),
         }
         done
     }
@@ -155,6 +166,7 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
     let measure_start = schedule.map_or(start + plan.warmup, |s| s.measure_start());
     let ctx = Arc::new(Ctx {
         connector,
+        fast: http1::Target::for_plan(plan),
         rec: rec.clone(),
         measure_start,
         timeout: plan.timeout,
@@ -220,6 +232,7 @@ async fn closed_loop(ctx: Arc<Ctx>, connections: usize, stop: Stop) {
         let issued = issued.clone();
         workers.spawn(async move {
             let mut conn = None;
+            let mut fast = ctx.fast.as_ref().map(|_| http1::Worker::default());
             let mut begin = Instant::now();
             loop {
                 if begin >= ctx.measure_start {
@@ -231,10 +244,20 @@ async fn closed_loop(ctx: Arc<Ctx>, connections: usize, stop: Stop) {
                         break;
                     }
                 }
-                let res = ctx.exchange(&mut conn, true).await;
-                // The next request starts now: reuse the completion time
+                // The next request starts at the completion time: reuse it
                 // rather than read the clock again.
-                begin = ctx.record(begin, &res);
+                let res = match (&ctx.fast, &mut fast) {
+                    (Some(target), Some(w)) => {
+                        let res = w.exchange(target, begin).await;
+                        begin = ctx.record_parts(begin, res, w.body());
+                        res.map(|_| ())
+                    }
+                    _ => {
+                        let res = ctx.exchange(&mut conn, true).await;
+                        begin = ctx.record(begin, &res);
+                        res.map(|_| ())
+                    }
+                };
                 if res == Err(ErrorKind::Connect) {
                     // Refused connects fail in microseconds; don't spin a core on them.
                     tokio::time::sleep(Duration::from_millis(1)).await;

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod hgrm;
 pub mod html;
+pub mod http1;
 pub mod plan;
 pub mod progress;
 pub mod record;
@@ -24,7 +25,7 @@ pub use cli::{CompareArgs, LoadArgs};
 pub use client::ErrorKind;
 pub use engine::{LoadResult, run};
 pub use error::LoadError;
-pub use plan::{LoadPlan, Mode, Stop};
+pub use plan::{ClientChoice, LoadPlan, Mode, Stop};
 pub use report::write_report;
 pub use summary::Summary;
 

@@ -27,6 +27,20 @@ pub enum Mode {
     Closed { connections: usize },
 }
 
+/// Which HTTP client carries the requests (hidden `--client` flag, for tests
+/// and comparisons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientChoice {
+    /// The hand-rolled HTTP/1.1 client ([`crate::http1`]) for closed loop over
+    /// http:// without --http2; hyper otherwise.
+    #[default]
+    Auto,
+    /// Always hyper.
+    Hyper,
+    /// The hand-rolled client; an input error when the plan is not eligible.
+    Fast,
+}
+
 /// When a run ends. Loops always end by themselves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Stop {
@@ -59,6 +73,7 @@ pub struct LoadPlan {
     pub body: Bytes,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub timeout: Duration,
+    pub client: ClientChoice,
     pub tenant: Option<String>,
     pub tier: Option<String>,
     pub report_dir: Option<PathBuf>,
@@ -77,6 +92,7 @@ impl std::fmt::Debug for LoadPlan {
             .field("method", &self.method)
             .field("tls", &self.tls.is_some())
             .field("timeout", &self.timeout)
+            .field("client", &self.client)
             .finish_non_exhaustive()
     }
 }
@@ -232,7 +248,18 @@ impl LoadPlan {
             )));
         }
 
-        Ok(LoadPlan {
+        let client = match args.client.as_str() {
+            "auto" => ClientChoice::Auto,
+            "hyper" => ClientChoice::Hyper,
+            "fast" => ClientChoice::Fast,
+            other => {
+                return Err(LoadError::input(format!(
+                    "--client '{other}': expected auto, hyper or fast"
+                )));
+            }
+        };
+
+        let plan = LoadPlan {
             target,
             mode,
             stop,
@@ -243,12 +270,19 @@ impl LoadPlan {
             body,
             tls,
             timeout,
+            client,
             tenant: args.tenant.clone(),
             tier: args.tier.clone(),
             report_dir: args.report_dir.clone(),
             name: args.name.clone(),
             progress: !args.no_progress,
-        })
+        };
+        if client == ClientChoice::Fast && !crate::http1::eligible(&plan) {
+            return Err(LoadError::input(
+                "--client fast: needs the closed loop over http:// without --http2",
+            ));
+        }
+        Ok(plan)
     }
 
     /// "open" or "closed", as written in summary.json.

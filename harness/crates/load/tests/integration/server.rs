@@ -166,3 +166,39 @@ pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
+
+/// Answers every request (a head ending in an empty line) with the bytes of
+/// `response`; closes the connection after each answer when `close` is set.
+pub async fn start_raw(response: &'static [u8], close: bool) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..i + 4);
+                        if tcp.write_all(response).await.is_err() {
+                            return;
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
