@@ -16,10 +16,7 @@ fn assert_breaks(
     evidence: &str,
     edit: impl Fn(&str, String) -> String,
 ) {
-    let mesh = mesh_copy(|name, text| {
-        let edited = edit(name, text.clone());
-        edited
-    });
+    let mesh = mesh_copy(edit);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let reports = tempfile::tempdir().unwrap();
     let args = [

@@ -143,8 +143,8 @@ pub async fn status(_: StateArgs) -> Result<u8> {
         )
     }));
     println!(
-        "{:<28} {:<8} {:<18} {:<18} {}",
-        "PROXY", "VERSION", "ADDRESS", "ADMIN", "ENVOY"
+        "{:<28} {:<8} {:<18} {:<18} ENVOY",
+        "PROXY", "VERSION", "ADDRESS", "ADMIN"
     );
     for (name, version, address, admin_addr) in rows {
         let live = match admin_addr.parse() {
