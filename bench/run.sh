@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # meshtest-load benchmark: meshtest vs wrk / hey / oha against a real Envoy.
 #
-#   bench/run.sh [quick|full]
+#   bench/run.sh [quick|full|closed]
 #
 #   quick: RSS run of 1,000,000 requests      full: 10,000,000 (the acceptance figure)
+#   closed: only the closed-loop comparison (meshtest, meshtest with --client hyper,
+#           wrk), written to bench/out/RESULTS-closed.md; bench/RESULTS.md is left alone
 #   Env: RSS_REQUESTS=N overrides the RSS run, DURATION=S (default 10) each timed
 #   run, ROUNDS=N (default 3) closed-loop rounds, MESHTEST_ENVOY=/path/to/envoy, SKIP_OHA=1 to skip building oha.
 #
@@ -17,7 +19,8 @@ MODE=${1:-full}
 case $MODE in
   quick) RSS_REQUESTS=${RSS_REQUESTS:-1000000} ;;
   full) RSS_REQUESTS=${RSS_REQUESTS:-10000000} ;;
-  *) echo "usage: bench/run.sh [quick|full]" >&2; exit 2 ;;
+  closed) RSS_REQUESTS=0; SKIP_OHA=1 ;;
+  *) echo "usage: bench/run.sh [quick|full|closed]" >&2; exit 2 ;;
 esac
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -86,15 +89,55 @@ taskset -c $GEN_CPU wrk -t1 -c$CONNS -d2s $URL >/dev/null
 # ROUNDS rounds, tools interleaved, so background load on a shared machine
 # hits every tool alike; results add up requests and CPU over the rounds.
 for round in $(seq "$ROUNDS"); do
-  log "round $round/$ROUNDS: closed loop x$CONNS for ${DURATION}s: meshtest, wrk, hey${OHA_OK:+, oha}"
+  if [ "$MODE" = closed ]; then
+    log "round $round/$ROUNDS: closed loop x$CONNS for ${DURATION}s: meshtest, meshtest (hyper), wrk"
+  else
+    log "round $round/$ROUNDS: closed loop x$CONNS for ${DURATION}s: meshtest, wrk, hey${OHA_OK:+, oha}"
+  fi
   timed meshtest-r$round "$LOADGEN" $URL --connections $CONNS --duration ${DURATION}s --no-progress \
     --report-dir "$OUT/meshtest-closed-r$round"
+  if [ "$MODE" = closed ]; then
+    timed meshtest-hyper-r$round "$LOADGEN" $URL --connections $CONNS --duration ${DURATION}s --no-progress \
+      --client hyper --report-dir "$OUT/meshtest-hyper-closed-r$round"
+  fi
   timed wrk-r$round wrk -t1 -c$CONNS -d${DURATION}s --latency $URL
-  timed hey-r$round hey -c $CONNS -z ${DURATION}s $URL
-  if [ -n "$OHA_OK" ]; then
-    timed oha-r$round "$OHA" -c $CONNS -z ${DURATION}s --no-tui --output-format json $URL
+  if [ "$MODE" != closed ]; then
+    timed hey-r$round hey -c $CONNS -z ${DURATION}s $URL
+    if [ -n "$OHA_OK" ]; then
+      timed oha-r$round "$OHA" -c $CONNS -z ${DURATION}s --no-tui --output-format json $URL
+    fi
   fi
 done
+LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+env_txt() {
+  {
+    echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+    echo "cores=$(nproc)"
+    echo "kernel=$(uname -r)"
+    echo "rustc=$(rustc --version)"
+    echo "envoy=$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: *//p' | head -1)"
+    echo "wrk=$(dpkg-query -W -f '${Version}' wrk)"
+    echo "hey=$(dpkg-query -W -f '${Version}' hey)"
+    [ -x "$OHA" ] && echo "oha=$("$OHA" --version | awk '{print $2}')"
+    echo "mode=$MODE"
+    echo "rss_requests=$RSS_REQUESTS"
+    echo "duration=$DURATION"
+    echo "conns=$CONNS"
+    echo "rounds=$ROUNDS"
+    echo "loadavg_start=$LOADAVG_START"
+    echo "loadavg_end=$LOADAVG_END"
+  } >"$OUT/env.txt"
+}
+
+if [ "$MODE" = closed ]; then
+  env_txt
+  python3 bench/results.py "$OUT" >"$OUT/RESULTS-closed.md"
+  log "wrote $OUT/RESULTS-closed.md"
+  cat "$OUT/RESULTS-closed.md"
+  exit 0
+fi
 
 # --- 2. open loop rate accuracy ------------------------------------------------
 log "open loop 2000/s for ${DURATION}s"
@@ -136,23 +179,7 @@ done
 wait $RSS_PID
 
 # --- versions and report -------------------------------------------------------
-{
-  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-  echo "cores=$(nproc)"
-  echo "kernel=$(uname -r)"
-  echo "rustc=$(rustc --version)"
-  echo "envoy=$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: *//p' | head -1)"
-  echo "wrk=$(dpkg-query -W -f '${Version}' wrk)"
-  echo "hey=$(dpkg-query -W -f '${Version}' hey)"
-  [ -x "$OHA" ] && echo "oha=$("$OHA" --version | awk '{print $2}')"
-  echo "mode=$MODE"
-  echo "rss_requests=$RSS_REQUESTS"
-  echo "duration=$DURATION"
-  echo "conns=$CONNS"
-  echo "rounds=$ROUNDS"
-  echo "loadavg_start=$LOADAVG_START"
-} >"$OUT/env.txt"
+env_txt
 python3 bench/results.py "$OUT" >"$RESULTS"
 log "wrote $RESULTS"
 cat "$RESULTS"

@@ -223,7 +223,8 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
     })
 }
 
-/// `connections` workers, each with its own connection, back to back.
+/// `connections` workers, each with its own connection, back to back: the
+/// hand-rolled HTTP/1.1 client ([`http1`]) when the plan is eligible, hyper otherwise.
 async fn closed_loop(ctx: Arc<Ctx>, connections: usize, stop: Stop) {
     let issued = Arc::new(AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();

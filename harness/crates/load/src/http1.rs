@@ -7,6 +7,7 @@
 //! is a single per-connection [`Sleep`] that is only reset when it fires.
 
 use std::future::{Future, poll_fn};
+use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -158,10 +159,10 @@ impl Worker {
     pub async fn exchange(&mut self, t: &Target, begin: Instant) -> Result<u16, ErrorKind> {
         let deadline = begin + t.timeout;
         self.body.clear();
-        let mut timer = self
-            .timer
-            .take()
-            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        let (mut timer, mut armed) = match self.timer.take() {
+            Some(t) => (t, true),
+            None => (Box::pin(tokio::time::sleep_until(deadline.into())), false),
+        };
         let res = {
             let mut fut = pin!(self.attempt(t));
             poll_fn(|cx| {
@@ -170,13 +171,23 @@ impl Worker {
                 }
                 // The timer holds an earlier request's deadline until it fires;
                 // deadlines only grow, so it never fires late for this one.
-                while timer.as_mut().poll(cx).is_ready() {
-                    if Instant::now() >= deadline {
+                // Once polled it holds this task's waker (a worker stays in one
+                // task), so later polls only check whether it has fired.
+                loop {
+                    if armed && !timer.is_elapsed() {
+                        return Poll::Pending;
+                    }
+                    if armed && Instant::now() >= deadline {
                         return Poll::Ready(Err(ErrorKind::Timeout));
                     }
-                    timer.as_mut().reset(deadline.into());
+                    if armed {
+                        timer.as_mut().reset(deadline.into());
+                    }
+                    armed = true;
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
-                Poll::Pending
             })
             .await
         };
@@ -237,9 +248,16 @@ impl Worker {
         // Head (1xx interim responses are skipped).
         let (status, framing, close) = loop {
             if *end > *start {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(&buf[*start..*end]) {
+                // Uninitialised: no per-request memset of the header array.
+                let mut headers =
+                    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut resp,
+                    &buf[*start..*end],
+                    &mut headers,
+                );
+                match parsed {
                     Ok(httparse::Status::Complete(n)) => {
                         let code = resp.code.unwrap_or(0);
                         let (framing, close) = inspect(&resp, t.head);
@@ -345,6 +363,10 @@ fn inspect(resp: &httparse::Response<'_, '_>, head: bool) -> (Result<Framing, Fa
     let mut bad = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
+        // Length first: most headers are none of these three.
+        if !matches!(name.len(), 10 | 14 | 17) {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             match parse_u64(h.value) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
