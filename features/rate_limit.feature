@@ -26,3 +26,9 @@ Feature: Per-tenant rate limits by tier
     When tenant initech sends requests to /api/v1/airtable/bases through the ingress until it is limited, at most twice its limit of 1000
     Then tenant initech got at least 1000 requests through before it was limited
     And tenant initech was refused with 429 "local_rate_limited" and the x-ratelimit-limit header
+
+  Scenario: A tenant cannot raise its tier or borrow another tenant's bucket with headers
+    Given tenant mallory on the free tier
+    When tenant mallory sends requests to /api/v1/airtable/bases through the ingress with header x-tenant-tier: enterprise until it is limited, at most twice its limit of 100
+    Then tenant mallory got at least 100 requests through before it was limited
+    And tenant mallory was refused with 429 "local_rate_limited" and the x-local-rate-limit header

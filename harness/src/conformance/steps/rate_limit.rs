@@ -40,10 +40,20 @@ async fn tenant_on_tier(w: &mut MeshWorld, tenant: String, tier: String) {
 /// Sends requests until the first non-2xx (counting every 2xx), at most `2 * limit + 10`: a token-bucket refill in
 /// the middle can at most double what a tenant gets, so this bound always reaches a 429.
 #[when(
-    regex = r"^tenant (\S+) sends requests to (\S+) through the ingress until it is limited, at most twice its limit of (\d+)$"
+    regex = r"^tenant (\S+) sends requests to (\S+) through the ingress(?: with header (\S+): (\S+))? until it is limited, at most twice its limit of (\d+)$"
 )]
-async fn until_limited(w: &mut MeshWorld, tenant: String, path: String, limit: u64) {
-    let call = tenant_call(w, &tenant, &path);
+async fn until_limited(
+    w: &mut MeshWorld,
+    tenant: String,
+    path: String,
+    header: String,
+    value: String,
+    limit: u64,
+) {
+    let mut call = tenant_call(w, &tenant, &path);
+    if !header.is_empty() {
+        call = call.header(&header, &value);
+    }
     let mut allowed = 0;
     let mut rejection = None;
     // Concurrent batches; every 2xx counts, and the batch holding the first refusal is the last.
