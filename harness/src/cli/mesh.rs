@@ -58,6 +58,7 @@ pub fn read_running_state() -> Result<State> {
 }
 
 pub async fn up(a: UpArgs) -> Result<u8> {
+    let mut signals = StopSignals::install()?;
     if !a.mesh.is_dir() {
         return Err(InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into());
     }
@@ -99,22 +100,37 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         state_file().display()
     );
     println!("meshtest: Ctrl-C or `meshtest down` stops it");
-    wait_for_stop_signal().await;
+    signals.wait().await;
     drop(mesh);
     let _ = std::fs::remove_file(state_file());
     println!("meshtest: mesh stopped");
     Ok(exit::OK)
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = hup.recv() => {}
+/// SIGTERM, SIGINT and SIGHUP handlers, installed before the mesh starts so that a Ctrl-C at
+/// any moment (even right after "ready") stops it cleanly instead of killing meshtest outright.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+            _ = self.hup.recv() => {}
+        }
     }
 }
 
