@@ -52,16 +52,6 @@ pub async fn xds_versions(admin: SocketAddr) -> Result<(Option<String>, Option<S
     ))
 }
 
-/// One counter or gauge from /stats, or None if Envoy does not have it.
-pub async fn stat(admin: SocketAddr, name: &str) -> Result<Option<u64>> {
-    let body = get(
-        admin,
-        &format!("/stats?filter=^{}$", crate::regex_literal::escape(name)),
-    )
-    .await?;
-    Ok(parse_stat(&body, name))
-}
-
 pub fn parse_stat(body: &str, name: &str) -> Option<u64> {
     body.lines().find_map(|l| {
         let (k, v) = l.split_once(": ")?;

@@ -75,7 +75,6 @@ pub struct LocalMesh {
     ingress: Proxy,
     ingress_certs: CertFiles,
     gateway_ports: GatewayPorts,
-    ca: MeshCa,
     ca_file: PathBuf,
     version: Mutex<u64>,
     /// Runs the agents and owns the Envoys' parent thread; dropped after them.
@@ -265,7 +264,6 @@ impl LocalMesh {
             ingress,
             ingress_certs,
             gateway_ports,
-            ca,
             ca_file,
             version: Mutex::new(1),
             _thread: thread,
@@ -372,41 +370,12 @@ impl LocalMesh {
         self.model.lock().expect("model lock").clone()
     }
 
-    pub fn ca(&self) -> &MeshCa {
-        &self.ca
-    }
-
-    pub fn ca_file(&self) -> &Path {
-        &self.ca_file
-    }
-
-    pub fn run_dir(&self) -> &Path {
-        &self.run.path
-    }
-
-    pub fn ingress_admin(&self) -> SocketAddr {
-        self.ingress.admin
-    }
-
-    /// The local address of a Gateway port (80 -> 8080, 443 -> 8443).
-    pub fn gateway_address(&self, port: u16) -> SocketAddr {
-        self.block.gateway_listen(port)
-    }
-
     pub fn pod(&self, name: &str) -> Option<&LocalPod> {
         self.pods.iter().find(|p| p.pod.name == name)
     }
 
     pub fn pods_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a LocalPod> + 'a {
         self.pods.iter().filter(move |p| p.pod.service == service)
-    }
-
-    /// Admin address of a proxy by pod name, or "istio-ingressgateway".
-    pub fn admin_of(&self, proxy: &str) -> Option<SocketAddr> {
-        if proxy == "istio-ingressgateway" {
-            return Some(self.ingress.admin);
-        }
-        self.pod(proxy).map(|p| p.proxy.admin)
     }
 
     pub fn state(&self, mesh_dir: &Path) -> State {

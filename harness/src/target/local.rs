@@ -166,7 +166,7 @@ impl Target for LocalTarget {
                     Transport::Plaintext => Dial::Tcp(addr),
                     Transport::TlsNoCert => Dial::Tls {
                         addr,
-                        config: tls::client_config(&self.ca_pem, None, None, &["http/1.1"])?,
+                        config: tls::client_config(&self.ca_pem, None, &["http/1.1"])?,
                         server_name: pod.service.clone(),
                     },
                     Transport::TlsForeignCert => {
@@ -181,12 +181,7 @@ impl Target for LocalTarget {
                         };
                         Dial::Tls {
                             addr,
-                            config: tls::client_config(
-                                &self.ca_pem,
-                                Some(id),
-                                None,
-                                &["http/1.1"],
-                            )?,
+                            config: tls::client_config(&self.ca_pem, Some(id), &["http/1.1"])?,
                             server_name: pod.service.clone(),
                         }
                     }
@@ -207,7 +202,7 @@ impl Target for LocalTarget {
                 let dial = if *https {
                     Dial::Tls {
                         addr,
-                        config: tls::client_config(&self.ca_pem, None, None, &["http/1.1"])?,
+                        config: tls::client_config(&self.ca_pem, None, &["http/1.1"])?,
                         server_name: "localhost".into(),
                     }
                 } else {

@@ -18,6 +18,18 @@ pub fn client_config(
     client: Option<(Vec<u8>, Vec<u8>)>,
     http2: bool,
 ) -> Result<Arc<rustls::ClientConfig>> {
+    let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
+    client_config_with(ca_pem, client, alpn, true)
+}
+
+/// The same, with explicit ALPN values, and a say in whether skipping the hostname check (for
+/// a SPIFFE-only certificate) is announced on stderr.
+pub fn client_config_with(
+    ca_pem: &[u8],
+    client: Option<(Vec<u8>, Vec<u8>)>,
+    alpn: &[&[u8]],
+    warn_on_skipped_hostname: bool,
+) -> Result<Arc<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
     let mut n = 0;
@@ -36,7 +48,7 @@ pub fn client_config(
         .map_err(|e| LoadError::Tls(format!("server verifier: {e}")))?;
     let verifier = Arc::new(ChainOnlyWhenNameMissing {
         inner,
-        warned: AtomicBool::new(false),
+        warned: AtomicBool::new(!warn_on_skipped_hostname),
     });
 
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -60,11 +72,7 @@ pub fn client_config(
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
