@@ -309,6 +309,14 @@ async fn kill_9_of_up_takes_its_envoys_with_it() {
         "left behind after kill -9: {:?}",
         processes_mentioning(&run_dir)
     );
+    let removed = eventually(Duration::from_secs(5), || async {
+        !Path::new(&run_dir).exists()
+    })
+    .await;
+    assert!(
+        removed,
+        "the run directory (keys) outlived kill -9: {run_dir}"
+    );
     // A stale state file is recognised as such.
     let out = expect(cwd.path(), &["status"], 1);
     assert!(stderr(&out).contains("not running"), "{}", stderr(&out));

@@ -83,13 +83,55 @@ pub fn unprivileged(port: u16) -> u16 {
     if port < 1024 { port + 8000 } else { port }
 }
 
-/// The private run directory (0700), removed when dropped.
+/// The private run directory (0700), removed when dropped, or by its janitor when this process
+/// dies without dropping it.
 pub struct RunDir {
     pub path: PathBuf,
+    janitor: Option<Janitor>,
+}
+
+/// A `sh` that removes the run directory (and the block's lock file, if still ours) once this
+/// process is gone, however it went (kill -9, or a test binary whose shared mesh lives in a static
+/// and is never dropped): it blocks reading a pipe whose only writer is this process, and the
+/// kernel closes that when the process dies.
+/// It ignores terminal signals and has its own process group, so a Ctrl-C cannot stop it first.
+struct Janitor {
+    child: std::process::Child,
+}
+
+impl Janitor {
+    fn spawn(dir: &Path, lock: &Path) -> std::io::Result<Janitor> {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                r#"trap '' INT TERM HUP; read _ ; rm -rf -- "$MESHTEST_RUN_DIR"
+                   [ "$(cat -- "$MESHTEST_LOCK" 2>/dev/null)" = "$MESHTEST_PID" ] && rm -f -- "$MESHTEST_LOCK""#,
+            ])
+            // In the environment, not the arguments: tests look for leftovers by command line.
+            .env("MESHTEST_RUN_DIR", dir)
+            .env("MESHTEST_LOCK", lock)
+            .env("MESHTEST_PID", std::process::id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        Ok(Janitor { child })
+    }
+}
+
+impl Drop for Janitor {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // EOF: the janitor wakes up and finds nothing to remove
+        let _ = self.child.wait();
+    }
 }
 
 impl RunDir {
-    pub fn create(octet: u8) -> Result<RunDir> {
+    pub fn create(block: &Block) -> Result<RunDir> {
+        let octet = block.octet;
         use std::os::unix::fs::DirBuilderExt;
         // Short paths: Unix socket paths must fit in 108 bytes.
         remove_stale_run_dirs();
@@ -100,13 +142,16 @@ impl RunDir {
             .recursive(true)
             .create(&path)
             .with_context(|| format!("creating {}", path.display()))?;
-        Ok(RunDir { path })
+        // Without a janitor the directory is still swept by the next mesh start.
+        let janitor = Janitor::spawn(&path, &block.lock).ok();
+        Ok(RunDir { path, janitor })
     }
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+        drop(self.janitor.take());
     }
 }
 

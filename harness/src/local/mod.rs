@@ -146,7 +146,7 @@ impl LocalMesh {
         };
         let thread = MeshThread::start()?;
         let block = Block::claim()?;
-        let run = RunDir::create(block.octet)?;
+        let run = RunDir::create(&block)?;
         let certs_dir = run.path.join("certs");
         let ca = MeshCa::generate("meshtest mesh root")?;
 
