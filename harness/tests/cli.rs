@@ -161,6 +161,35 @@ fn token_prints_a_signed_jwt() {
 }
 
 #[test]
+fn load_says_what_the_errors_were_and_writes_its_report() {
+    let cwd = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: every request fails to connect.
+    let out = expect(
+        cwd.path(),
+        &[
+            "load",
+            "http://127.0.0.1:1/",
+            "--connections",
+            "1",
+            "--requests",
+            "5",
+            "--report-dir",
+            "out",
+            "--name",
+            "refused",
+        ],
+        0,
+    );
+    let text = stdout(&out);
+    assert!(text.contains("0 ok, 5 errors"), "{text}");
+    assert!(text.contains("no response: connect x5"), "{text}");
+    assert!(text.contains("latency ms: none"), "{text}");
+    for file in ["summary.json", "refused.hgrm", "index.html"] {
+        assert!(cwd.path().join("out").join(file).is_file(), "out/{file}");
+    }
+}
+
+#[test]
 fn call_without_a_running_mesh_says_how_to_start_one() {
     let cwd = tempfile::tempdir().unwrap();
     let out = expect(

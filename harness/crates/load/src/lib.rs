@@ -72,10 +72,32 @@ fn print_summary(s: &Summary, dir: &std::path::Path) {
         s.requests.errors,
         s.rate.achieved
     );
-    println!(
-        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-        l.p50, l.p90, l.p99, l.p99_9, l.max
-    );
+    // What the errors were, so a 403 storm and a TLS failure do not read alike.
+    let statuses: Vec<String> = s
+        .status_counts
+        .iter()
+        .map(|(code, n)| format!("{code} x{n}"))
+        .collect();
+    let failures: Vec<String> = s
+        .error_counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(kind, n)| format!("{kind} x{n}"))
+        .collect();
+    if !statuses.is_empty() {
+        println!("status: {}", statuses.join(", "));
+    }
+    if !failures.is_empty() {
+        println!("no response: {}", failures.join(", "));
+    }
+    if s.requests.total > s.requests.transport_errors {
+        println!(
+            "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l.p50, l.p90, l.p99, l.p99_9, l.max
+        );
+    } else {
+        println!("latency ms: none (no request got a response)");
+    }
     println!("report: {}", dir.display());
 }
 
