@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Closed-loop comparison in alternation: several load generators against one Envoy, one at a time.
+"""Closed-loop comparison in alternation: several load generators against one target, one at a time.
 
     alternate.py --out FILE --target-pid PID [--admin URL] [--slot S] [--cycles N] [--cpu C] NAME=COMMAND...
 
@@ -9,13 +9,15 @@ machine's moods, not the tools. Here every tool is started once (its own
 connections, its own listener :BASE_PORT+i), then frozen with SIGSTOP, and
 the tools take turns of SLOT seconds for CYCLES cycles (order reversed every
 other cycle): each runs alone while it runs, and every tool sees the same
-machine. A tool's throughput is the requests Envoy counted on its listener
+machine. A tool's throughput is the requests the target counted on its listener
 divided by the time it was running; its CPU is what the kernel accounted to it
 (/proc/PID/task/*/schedstat, in ns) over the same turns.
 
 COMMAND is a shell-free argument string; `{url}` becomes the tool's URL and
 `{duration}` a duration in seconds long enough for the whole alternation. Each
-generator runs under `taskset -c C`. Writes a JSON file for results.py.
+generator runs under `taskset -c C`. The target is Envoy (bench/envoy.yaml's
+listeners gen0-gen3) or harness/crates/load/examples/responder.rs, which serves
+the same counters. Writes a JSON file for results.py.
 """
 import argparse
 import json
@@ -33,7 +35,7 @@ START_DEADLINE_S = 10
 
 
 def stats(admin):
-    """Per-listener request counters: {index: (total, 2xx)}."""
+    """Per-listener counters: {i: {"downstream_rq_total": n, "downstream_rq_2xx": n, "downstream_cx_active": n}}."""
     url = admin + "/stats?filter=" + urllib.parse.quote(r"^http\.gen[0-9]\.downstream_(rq_total|rq_2xx|cx_active)$")
     out = {}
     for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
