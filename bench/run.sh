@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# meshtest-load benchmark: meshtest vs wrk / hey / oha against a real Envoy.
+# meshtest-load benchmark: meshtest vs wrk / hey / oha against a real Envoy (and, for the
+# generator-bound closed loop, against examples/responder.rs).
 #
 #   bench/run.sh [quick|full|closed]
 #
@@ -11,8 +12,9 @@
 #   TOOLS_CLOSED="meshtest wrk ..." the closed-loop tools, MESHTEST_ENVOY=/path/to/envoy,
 #   SKIP_OHA=1 to skip building oha.
 #
-# Layout: Envoy (--concurrency 1) pinned to core 0, every generator pinned to
-# core 1 with taskset. Everything talks to 127.0.0.1 only. Writes
+# Layout: Envoy (--concurrency 1) or the responder pinned to core 0, every generator
+# pinned to core 1 with taskset; in the closed loop one generator runs at a time
+# (bench/alternate.py). Everything talks to 127.0.0.1 only. Writes
 # bench/RESULTS.md; raw outputs and meshtest reports go to bench/out/ (ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
