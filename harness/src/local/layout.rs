@@ -131,11 +131,11 @@ impl Drop for Janitor {
 
 impl RunDir {
     pub fn create(block: &Block) -> Result<RunDir> {
-        let octet = block.octet;
         use std::os::unix::fs::DirBuilderExt;
         // Short paths: Unix socket paths must fit in 108 bytes.
         remove_stale_run_dirs();
-        let path = std::env::temp_dir().join(format!("meshtest-{octet}-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("meshtest-{}-{}", block.octet, std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new()
             .mode(0o700)
