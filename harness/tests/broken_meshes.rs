@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::mesh_copy;
+use support::{mesh_copy, only};
 
 /// Runs one feature against a broken mesh; asserts exit 1, the promise named, and the evidence.
 fn assert_breaks(
@@ -61,10 +61,6 @@ fn assert_breaks(
     );
 }
 
-fn only(file: &'static str, edit: impl Fn(String) -> String) -> impl Fn(&str, String) -> String {
-    move |name, text| if name == file { edit(text) } else { text }
-}
-
 #[test]
 fn permissive_mtls_breaks_the_mtls_promise() {
     assert_breaks(
@@ -115,13 +111,7 @@ fn no_rate_limit_breaks_the_tenant_limits() {
         "rate_limit.feature",
         "Per-tenant rate limits by tier",
         "was never limited",
-        |name, text| {
-            if name == "ratelimit.yaml" {
-                String::new()
-            } else {
-                text
-            }
-        },
+        only("ratelimit.yaml", |_| String::new()),
     );
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{eventually, mesh_copy, processes_mentioning, pyairtable_dir};
+use support::{eventually, mesh_copy, only, processes_mentioning, pyairtable_dir};
 
 fn meshtest(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meshtest"))
@@ -52,13 +52,9 @@ fn stdout(out: &Output) -> String {
 
 #[test]
 fn unsupported_field_exits_2_naming_file_line_and_field() {
-    let mesh = mesh_copy(|name, text| {
-        if name == "security.yaml" {
-            text.replacen("  action: ALLOW\n  rules:\n", "  action: ALLOW\n  rules:\n  - when:\n    - key: request.headers[x-debug]\n      values: [\"1\"]\n", 1)
-        } else {
-            text
-        }
-    });
+    let mesh = mesh_copy(only("security.yaml", |text| {
+        text.replacen("  action: ALLOW\n  rules:\n", "  action: ALLOW\n  rules:\n  - when:\n    - key: request.headers[x-debug]\n      values: [\"1\"]\n", 1)
+    }));
     let cwd = tempfile::tempdir().unwrap();
     let args = ["up", "--mesh", mesh.path().to_str().unwrap()];
     let out = expect(cwd.path(), &args, 2);
@@ -72,13 +68,9 @@ fn unsupported_field_exits_2_naming_file_line_and_field() {
 
 #[test]
 fn malformed_yaml_exits_2_with_file_and_line() {
-    let mesh = mesh_copy(|name, text| {
-        if name == "traffic.yaml" {
-            text.replacen("    tls:\n", "    tls: [\n", 1)
-        } else {
-            text
-        }
-    });
+    let mesh = mesh_copy(only("traffic.yaml", |text| {
+        text.replacen("    tls:\n", "    tls: [\n", 1)
+    }));
     let cwd = tempfile::tempdir().unwrap();
     let args = ["up", "--mesh", mesh.path().to_str().unwrap()];
     let out = expect(cwd.path(), &args, 2);

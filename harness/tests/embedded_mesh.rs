@@ -9,10 +9,15 @@ use meshtest::manifest::Manifests;
 use meshtest::outcome::Outcome;
 use meshtest::target::{Call, From, Target, Transport};
 use meshtest::token::{Breakage, Tier, TokenSpec, mint};
-use support::{eventually, mesh_copy, processes_mentioning, shared, start};
+use support::{eventually, mesh_copy, only, processes_mentioning, shared, start};
 
 fn ingress(path: &str) -> Call {
     Call::new(From::Ingress { https: false }, "api-gateway", path)
+}
+
+/// A call from inside the mesh: `workload` is a service (any replica) or a pod name.
+fn from_workload(workload: &str, service: &str, path: &str) -> Call {
+    Call::new(From::Workload(workload.into()), service, path)
 }
 
 fn bearer(spec: TokenSpec) -> String {
@@ -65,11 +70,7 @@ async fn tls_without_a_mesh_certificate_fails_the_handshake() {
 async fn api_gateway_reaches_auth_service_as_its_spiffe_identity() {
     let mesh = shared().await;
     let o = mesh
-        .call(&Call::new(
-            From::Workload("api-gateway".into()),
-            "auth-service",
-            "/health",
-        ))
+        .call(&from_workload("api-gateway", "auth-service", "/health"))
         .await
         .unwrap();
     assert_eq!(o.status(), Some(200), "{}", o.summary());
@@ -85,8 +86,8 @@ async fn api_gateway_reaches_auth_service_as_its_spiffe_identity() {
 async fn llm_orchestrator_is_denied_auth_service_by_rbac() {
     let mesh = shared().await;
     let o = mesh
-        .call(&Call::new(
-            From::Workload("llm-orchestrator".into()),
+        .call(&from_workload(
+            "llm-orchestrator",
             "auth-service",
             "/api/v1/auth/verify",
         ))
@@ -190,13 +191,9 @@ async fn https_ingress_serves_simple_tls() {
 
 #[tokio::test]
 async fn plaintext_is_answered_under_permissive() {
-    let dir = mesh_copy(|name, text| {
-        if name == "security.yaml" {
-            text.replace("mode: STRICT", "mode: PERMISSIVE")
-        } else {
-            text
-        }
-    });
+    let dir = mesh_copy(only("security.yaml", |text| {
+        text.replace("mode: STRICT", "mode: PERMISSIVE")
+    }));
     let mesh = start(dir.path()).await;
     for pod in mesh.pods() {
         let o = mesh
@@ -212,11 +209,7 @@ async fn plaintext_is_answered_under_permissive() {
     }
     // Meshed calls still use mTLS.
     let o = mesh
-        .call(&Call::new(
-            From::Workload("api-gateway".into()),
-            "auth-service",
-            "/health",
-        ))
+        .call(&from_workload("api-gateway", "auth-service", "/health"))
         .await
         .unwrap();
     assert_eq!(
@@ -302,31 +295,17 @@ async fn agent_faults_show_through_the_mesh_and_clear() {
     use meshtest::agent::Fault;
     let dir = mesh_copy(|_, text| text);
     let mesh = start(dir.path()).await;
-    let call = || {
-        Call::new(
-            From::Workload("api-gateway-0".into()),
-            "file-processor",
-            "/upload",
-        )
-    };
+    let call = || from_workload("api-gateway-0", "file-processor", "/upload");
     let fault = |f: Fault| {
         let mesh = &mesh;
         async move { mesh.set_fault("file-processor-0", f).await.unwrap() }
     };
 
-    fault(Fault {
-        status: Some(418),
-        ..Default::default()
-    })
-    .await;
+    fault(Fault::status(418)).await;
     assert_eq!(mesh.call(&call()).await.unwrap().status(), Some(418));
 
     // A closed connection becomes Envoy's 503 to the caller.
-    fault(Fault {
-        close: true,
-        ..Default::default()
-    })
-    .await;
+    fault(Fault::close()).await;
     let o = mesh.call(&call()).await.unwrap();
     assert_eq!(o.status(), Some(503), "{}", o.summary());
     assert!(
@@ -337,21 +316,13 @@ async fn agent_faults_show_through_the_mesh_and_clear() {
         o.summary()
     );
 
-    fault(Fault {
-        delay_ms: Some(300),
-        ..Default::default()
-    })
-    .await;
+    fault(Fault::delay_ms(300)).await;
     let started = std::time::Instant::now();
     assert_eq!(mesh.call(&call()).await.unwrap().status(), Some(200));
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     // A hang outlasts the caller's deadline; the caller sees its own timeout.
-    fault(Fault {
-        hang: true,
-        ..Default::default()
-    })
-    .await;
+    fault(Fault::hang()).await;
     let mut hung = call();
     hung.timeout = Duration::from_millis(500);
     let o = mesh.call(&hung).await.unwrap();

@@ -68,6 +68,36 @@ pub struct Fault {
     pub close: bool,
 }
 
+impl Fault {
+    pub fn status(status: u16) -> Fault {
+        Fault {
+            status: Some(status),
+            ..Fault::default()
+        }
+    }
+
+    pub fn delay_ms(ms: u64) -> Fault {
+        Fault {
+            delay_ms: Some(ms),
+            ..Fault::default()
+        }
+    }
+
+    pub fn hang() -> Fault {
+        Fault {
+            hang: true,
+            ..Fault::default()
+        }
+    }
+
+    pub fn close() -> Fault {
+        Fault {
+            close: true,
+            ..Fault::default()
+        }
+    }
+}
+
 /// Longest a hang holds a request, so a forgotten fault cannot pin resources forever.
 pub const HANG_LIMIT: Duration = Duration::from_secs(300);
 

@@ -45,6 +45,14 @@ pub fn mesh_copy(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
     dir
 }
 
+/// An edit for `mesh_copy` that changes one manifest file and leaves the others alone.
+pub fn only(
+    file: &'static str,
+    edit: impl Fn(String) -> String,
+) -> impl Fn(&str, String) -> String {
+    move |name, text| if name == file { edit(text) } else { text }
+}
+
 /// Polls `check` until it holds or `deadline` passes; returns whether it held.
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
 where

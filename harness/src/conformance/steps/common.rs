@@ -205,54 +205,22 @@ async fn every_response_is(w: &mut MeshWorld, status: u16) {
 
 #[given(regex = r"^(\S+) answers every request with status (\d+)$")]
 async fn pod_fails(w: &mut MeshWorld, pod: String, status: u16) {
-    set_fault(
-        w,
-        &pod,
-        Fault {
-            status: Some(status),
-            ..Default::default()
-        },
-    )
-    .await;
+    set_fault(w, &pod, Fault::status(status)).await;
 }
 
 #[given(regex = r"^every (\S+) replica answers every request with status (\d+)$")]
 async fn service_fails(w: &mut MeshWorld, service: String, status: u16) {
-    fault_every_replica(
-        w,
-        &service,
-        Fault {
-            status: Some(status),
-            ..Default::default()
-        },
-    )
-    .await;
+    fault_every_replica(w, &service, Fault::status(status)).await;
 }
 
 #[given(regex = r"^every (\S+) replica takes (\d+) ms to answer$")]
 async fn service_slow(w: &mut MeshWorld, service: String, ms: u64) {
-    fault_every_replica(
-        w,
-        &service,
-        Fault {
-            delay_ms: Some(ms),
-            ..Default::default()
-        },
-    )
-    .await;
+    fault_every_replica(w, &service, Fault::delay_ms(ms)).await;
 }
 
 #[given(regex = r"^every (\S+) replica hangs$")]
 async fn service_hangs(w: &mut MeshWorld, service: String) {
-    fault_every_replica(
-        w,
-        &service,
-        Fault {
-            hang: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    fault_every_replica(w, &service, Fault::hang()).await;
 }
 
 async fn fault_every_replica(w: &mut MeshWorld, service: &str, fault: Fault) {
