@@ -2,6 +2,7 @@ Feature: Least-privilege authorization
   Every service accepts calls only from the workloads on its real call paths; everything else
   is denied by RBAC with 403 "RBAC: access denied" (AuthorizationPolicies in security.yaml).
   api-gateway is reached only through the ingress gateway, so no workload may call it.
+  auth-service's key-set port serves its key set to anyone (istiod fetches it), and nothing else.
 
   Background:
     Given the mesh is running
@@ -48,3 +49,11 @@ Feature: Least-privilege authorization
       | workflow-engine  | llm-orchestrator | allowed        |
       | workflow-engine  | file-processor   | allowed        |
       | workflow-engine  | workflow-engine  | denied by RBAC |
+
+  Scenario: auth-service's key-set port serves the key set to anyone, and nothing else
+    When a client outside the mesh calls auth-service:8081 at /.well-known/jwks.json over plaintext
+    Then the response status is 200
+    When a client outside the mesh calls auth-service:8081 at /health over plaintext
+    Then the call is denied by RBAC
+    When llm-orchestrator calls auth-service:8081 at /health
+    Then the call is denied by RBAC

@@ -1,7 +1,9 @@
 Feature: JWT enforcement at the edge
-  RequestAuthentication pyairtable-jwt-auth verifies tokens at the ingress gateway, and the
-  require-jwt-at-edge policy demands a valid one on /api/* while /health stays open. Each way a
-  token can be wrong gets the status Istio gives it.
+  RequestAuthentication pyairtable-jwt-auth verifies tokens at the ingress gateway with the key
+  set istiod fetched from auth-service (jwksUri), and the require-jwt-at-edge policy demands a
+  valid token on /api/* while /health stays open. Every route the gateway serves under /api/
+  (from its VirtualServices, and every path its policies name) refuses a request without one;
+  each way a token can be wrong gets the status Istio gives it.
 
   Background:
     Given the mesh is running
@@ -11,7 +13,10 @@ Feature: JWT enforcement at the edge
     When the client calls /health through the ingress
     Then the response status is 200
 
-  Scenario: A request to the API without a token is denied
+  Scenario: Every API route refuses a request without a token
+    Then every route the gateway serves under /api/ refuses a request without a token
+
+  Scenario: A request to the API without a token is denied by RBAC
     Given no token
     When the client calls /api/v1/airtable/bases through the ingress
     Then the response status is 403

@@ -58,9 +58,13 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// Bad input: file, line and field are named on stderr.
     pub const BAD_INPUT: u8 = 2;
+    /// The harness could not check (the mesh did not start, a proxy was down, Envoy could not
+    /// be installed): not a verdict on the mesh.
+    pub const UNCHECKED: u8 = 3;
 }
 
-/// Maps any error chain to an exit code: input errors are 2, everything else 1.
+/// Maps any error chain to an exit code: input errors are 2, everything else 3 (the harness
+/// could not do what was asked). A broken promise is never an error: commands return 1 for it.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     if err
         .chain()
@@ -68,6 +72,6 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     {
         exit::BAD_INPUT
     } else {
-        exit::FAILED
+        exit::UNCHECKED
     }
 }

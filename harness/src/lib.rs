@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod conformance;
+pub mod declared;
 pub mod envoy;
 pub mod error;
 pub mod local;

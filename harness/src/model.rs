@@ -4,6 +4,27 @@ use std::collections::BTreeMap;
 
 use crate::error::InputError;
 use crate::manifest::Manifests;
+use crate::manifest::kube::{IntOrString, ServiceSpec};
+
+/// The container port named `name` in the first Deployment whose pods `service` selects.
+fn named_container_port(
+    manifests: &Manifests,
+    service: &crate::manifest::Resource<ServiceSpec>,
+    name: &str,
+) -> Option<u16> {
+    manifests
+        .deployments
+        .iter()
+        .filter(|d| {
+            d.namespace() == service.namespace()
+                && !service.spec.selector.is_empty()
+                && labels_match(&service.spec.selector, &d.spec.template.metadata.labels)
+        })
+        .flat_map(|d| d.spec.template.spec.containers.iter())
+        .flat_map(|c| c.ports.iter())
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.container_port)
+}
 
 /// Where Istio's ingress gateway lives, and who it is.
 pub const INGRESS_NAMESPACE: &str = "istio-system";
@@ -16,14 +37,37 @@ pub const TRUST_DOMAIN: &str = "cluster.local";
 pub struct Service {
     pub name: String,
     pub namespace: String,
-    pub port: u16,
-    pub target_port: u16,
+    /// In the order the Service declares them; the first is the default port of calls that
+    /// name none.
+    pub ports: Vec<ServicePort>,
     pub selector: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    /// The pods' port (a named targetPort resolved through the containers' ports).
+    pub target_port: u16,
 }
 
 impl Service {
     pub fn fqdn(&self) -> String {
         format!("{}.{}.svc.{TRUST_DOMAIN}", self.name, self.namespace)
+    }
+
+    /// The first declared port: where calls that name no port go.
+    pub fn default_port(&self) -> &ServicePort {
+        &self.ports[0]
+    }
+
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == number)
+    }
+
+    /// The service port whose target is `target_port`.
+    pub fn port_for_target(&self, target_port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.target_port == target_port)
     }
 }
 
@@ -41,6 +85,8 @@ pub struct Pod {
     pub env: BTreeMap<String, String>,
     /// 0-based index of this pod among its service's pods (stable across runs).
     pub ordinal: usize,
+    /// The ports the pod serves (its service's distinct target ports, in order).
+    pub ports: Vec<u16>,
 }
 
 impl Pod {
@@ -102,27 +148,61 @@ pub struct MeshModel {
     pub manifests: Manifests,
     pub services: Vec<Service>,
     pub pods: Vec<Pod>,
+    /// JWKS fetched for RequestAuthentication jwksUris, by URI (filled by the target that runs
+    /// the mesh, as istiod fetches them; a URI missing here verifies no token).
+    pub jwks: BTreeMap<String, String>,
 }
 
 impl MeshModel {
     pub fn build(manifests: Manifests) -> Result<MeshModel, InputError> {
         let mut services = Vec::new();
         for s in &manifests.services {
-            let port = s
-                .spec
-                .ports
-                .first()
-                .ok_or_else(|| s.origin.error("spec.ports", "Service has no ports"))?;
-            if s.spec.ports.len() > 1 {
-                return Err(s
-                    .origin
-                    .error("spec.ports", "meshtest supports one port per Service"));
+            if s.spec.ports.is_empty() {
+                return Err(s.origin.error("spec.ports", "Service has no ports"));
+            }
+            let mut ports: Vec<ServicePort> = Vec::new();
+            for (i, p) in s.spec.ports.iter().enumerate() {
+                let field = format!("spec.ports[{i}]");
+                if p.port == 0 {
+                    return Err(s
+                        .origin
+                        .error(&format!("{field}.port"), "port 0 is not a port"));
+                }
+                if ports.iter().any(|q| q.port == p.port) {
+                    return Err(s.origin.error(
+                        &format!("{field}.port"),
+                        format!("port {} is declared twice", p.port),
+                    ));
+                }
+                if s.spec.ports.len() > 1 && p.name.as_deref().is_none_or(str::is_empty) {
+                    return Err(s.origin.error(
+                        &format!("{field}.name"),
+                        "a Service with several ports must name each one (Kubernetes requires it)",
+                    ));
+                }
+                let target_port = match &p.target_port {
+                    None => p.port,
+                    Some(IntOrString::Int(n)) => *n,
+                    Some(IntOrString::String(name)) => named_container_port(&manifests, s, name)
+                        .ok_or_else(|| {
+                            s.origin.error(
+                                &format!("{field}.targetPort"),
+                                format!(
+                                    "no container of the selected pods has a port named `{name}`"
+                                ),
+                            )
+                        })?,
+                };
+                ports.push(ServicePort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target_port,
+                });
             }
             services.push(Service {
                 name: s.name().to_string(),
                 namespace: s.namespace().to_string(),
-                port: port.port,
-                target_port: port.target_port.unwrap_or(port.port),
+                ports,
                 selector: s.spec.selector.clone(),
             });
         }
@@ -179,6 +259,12 @@ impl MeshModel {
                 .get("version")
                 .cloned()
                 .unwrap_or_else(|| "v1".into());
+            let mut pod_ports: Vec<u16> = Vec::new();
+            for p in &service.ports {
+                if !pod_ports.contains(&p.target_port) {
+                    pod_ports.push(p.target_port);
+                }
+            }
             for i in 0..d.spec.replicas {
                 let ordinal = pods
                     .iter()
@@ -194,6 +280,7 @@ impl MeshModel {
                     args: container.args.clone(),
                     env: BTreeMap::clone(&env),
                     ordinal,
+                    ports: pod_ports.clone(),
                 });
             }
         }
@@ -218,6 +305,7 @@ impl MeshModel {
             manifests,
             services,
             pods,
+            jwks: BTreeMap::new(),
         })
     }
 
@@ -225,6 +313,29 @@ impl MeshModel {
         self.pods
             .iter()
             .filter(move |p| p.service == service.name && p.namespace == service.namespace)
+    }
+
+    /// The service a pod belongs to.
+    pub fn service_of(&self, pod: &Pod) -> &Service {
+        self.services
+            .iter()
+            .find(|s| s.name == pod.service && s.namespace == pod.namespace)
+            .expect("every pod belongs to a service")
+    }
+
+    /// Every jwksUri the RequestAuthentications name.
+    pub fn jwks_uris(&self) -> Vec<String> {
+        let mut uris: Vec<String> = self
+            .manifests
+            .request_authentications
+            .iter()
+            .flat_map(|r| r.spec.jwt_rules.iter())
+            .filter(|r| r.jwks.is_none())
+            .filter_map(|r| r.jwks_uri.clone())
+            .collect();
+        uris.sort();
+        uris.dedup();
+        uris
     }
 
     pub fn service(&self, name: &str) -> Option<&Service> {

@@ -1,8 +1,11 @@
-//! meshtest's test JWT issuer: ES256 tokens the mesh's RequestAuthentication accepts (its JWKS
-//! is the public half of the key below), and the broken tokens it must refuse.
+//! meshtest's test JWT issuer: ES256 tokens the mesh's RequestAuthentication accepts, and the
+//! broken tokens it must refuse.
 //!
-//! The private key is a test fixture committed on purpose: it signs tokens for test meshes only.
+//! The key pair is generated for each mesh run and kept in its private run directory; only the
+//! public half leaves it (as the JWKS the workloads serve at their jwksUri). No signing key is
+//! committed, so nobody can mint tokens for a cluster these manifests are applied to.
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -11,11 +14,71 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-const ISSUER_KEY_PEM: &str = include_str!("../testdata/jwt-issuer.key.pem");
-/// The JWKS that goes inline into RequestAuthentication `jwks`.
-pub const ISSUER_JWKS: &str = include_str!("../testdata/jwks.json");
-pub const KEY_ID: &str = "meshtest-test-issuer-1";
+pub const KEY_ID: &str = "meshtest-test-issuer";
+/// The issuer claim tokens carry unless the caller asks for another (PyAirtable's; a later
+/// change reads it from the mesh's RequestAuthentication).
 pub const DEFAULT_ISSUER: &str = "pyairtable-auth";
+
+/// A signing key and the JWKS of its public half.
+pub struct Issuer {
+    key_pem: String,
+    key: EncodingKey,
+    jwks: String,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Issuer").finish_non_exhaustive()
+    }
+}
+
+impl Issuer {
+    /// A fresh ES256 (P-256) key pair.
+    pub fn generate() -> Result<Issuer> {
+        crate::tls::install_crypto_provider();
+        let pair = rcgen::KeyPair::generate().context("generating the issuer key")?;
+        Issuer::from_pem(&pair.serialize_pem())
+    }
+
+    /// The issuer whose PKCS#8 PEM key is `key_pem`.
+    pub fn from_pem(key_pem: &str) -> Result<Issuer> {
+        crate::tls::install_crypto_provider();
+        let key = EncodingKey::from_ec_pem(key_pem.as_bytes()).context("loading the issuer key")?;
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256)
+            .context("deriving the JWKS")?;
+        jwk.common.key_id = Some(KEY_ID.into());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        let jwks = serde_json::to_string(&serde_json::json!({"keys": [jwk]}))?;
+        Ok(Issuer {
+            key_pem: key_pem.to_string(),
+            key,
+            jwks,
+        })
+    }
+
+    /// Reads the key a running mesh keeps in its run directory.
+    pub fn load(path: &Path) -> Result<Issuer> {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the mesh's issuer key {}", path.display()))?;
+        Issuer::from_pem(&pem)
+    }
+
+    /// Writes the private key (0600).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::pki::write_private(path, &self.key_pem).map(|_| ())
+    }
+
+    /// The public JSON Web Key Set (`{"keys": [...]}`).
+    pub fn jwks(&self) -> &str {
+        &self.jwks
+    }
+
+    /// Mints a token as `meshtest token` prints it.
+    pub fn mint(&self, spec: &TokenSpec) -> Result<String> {
+        mint_with(&self.key, spec)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,8 +145,7 @@ struct Claims<'a> {
     exp: u64,
 }
 
-/// Mints a token as `meshtest token` prints it.
-pub fn mint(spec: &TokenSpec) -> Result<String> {
+fn mint_with(issuer_key: &EncodingKey, spec: &TokenSpec) -> Result<String> {
     if spec.tenant.is_empty()
         || !spec
             .tenant
@@ -114,15 +176,16 @@ pub fn mint(spec: &TokenSpec) -> Result<String> {
     };
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(KEY_ID.into());
+    let foreign;
     let key = match spec.breakage {
         Breakage::BadSignature => {
-            let foreign = rcgen::KeyPair::generate().context("generating a foreign signing key")?;
-            EncodingKey::from_ec_pem(foreign.serialize_pem().as_bytes())?
+            let pair = rcgen::KeyPair::generate().context("generating a foreign signing key")?;
+            foreign = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?;
+            &foreign
         }
-        _ => EncodingKey::from_ec_pem(ISSUER_KEY_PEM.as_bytes())
-            .context("loading the test issuer key")?,
+        _ => issuer_key,
     };
-    let token = jsonwebtoken::encode(&header, &claims, &key).context("signing the token")?;
+    let token = jsonwebtoken::encode(&header, &claims, key).context("signing the token")?;
     Ok(match spec.breakage {
         Breakage::Tampered => tamper(&token)?,
         _ => token,
@@ -148,8 +211,18 @@ mod tests {
     use super::*;
     use jsonwebtoken::{DecodingKey, Validation, decode};
 
+    fn issuer() -> &'static Issuer {
+        static ISSUER: std::sync::OnceLock<Issuer> = std::sync::OnceLock::new();
+        ISSUER.get_or_init(|| Issuer::generate().unwrap())
+    }
+
+    fn mint(spec: &TokenSpec) -> Result<String> {
+        issuer().mint(spec)
+    }
+
     fn verify(token: &str) -> Result<serde_json::Value, jsonwebtoken::errors::Error> {
-        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(ISSUER_JWKS).unwrap();
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(issuer().jwks()).unwrap();
+        assert_eq!(jwks.keys[0].common.key_id.as_deref(), Some(KEY_ID));
         let key = DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
         let mut v = Validation::new(Algorithm::ES256);
         v.set_issuer(&[DEFAULT_ISSUER]);
@@ -157,7 +230,18 @@ mod tests {
     }
 
     #[test]
-    fn valid_token_verifies_against_the_committed_jwks() {
+    fn a_saved_key_mints_tokens_the_same_jwks_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        issuer().save(&dir.path().join("k.pem")).unwrap();
+        let again = Issuer::load(&dir.path().join("k.pem")).unwrap();
+        assert_eq!(again.jwks(), issuer().jwks());
+        let other = Issuer::generate().unwrap();
+        assert_ne!(other.jwks(), issuer().jwks());
+        assert!(format!("{other:?}").find("PRIVATE").is_none());
+    }
+
+    #[test]
+    fn valid_token_verifies_against_the_jwks() {
         let claims = verify(&mint(&TokenSpec::new("acme", Tier::Pro)).unwrap()).unwrap();
         assert_eq!(claims["tenant"], "acme");
         assert_eq!(claims["tier"], "pro");

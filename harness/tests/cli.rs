@@ -142,14 +142,19 @@ fn bad_features_exit_2_with_file_and_line_before_any_mesh_starts() {
 }
 
 #[test]
-fn token_prints_a_signed_jwt() {
+fn token_without_a_running_mesh_exits_2_saying_so() {
+    // The signing key exists only in a running mesh's private run directory.
     let cwd = tempfile::tempdir().unwrap();
     let out = expect(
         cwd.path(),
         &["token", "--tenant", "acme", "--tier", "free"],
-        0,
+        2,
     );
-    assert_eq!(stdout(&out).trim().split('.').count(), 3);
+    assert!(
+        stderr(&out).contains("no mesh is running"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -194,14 +199,38 @@ fn call_without_a_running_mesh_says_how_to_start_one() {
             "auth-service",
             "/health",
         ],
-        1,
+        2,
     );
     assert!(stderr(&out).contains("meshtest up"), "{}", stderr(&out));
 }
 
+/// A `meshtest up` child that is killed (and reaped) when the test ends, pass or fail, so a
+/// failing test never leaves a mesh running.
+struct UpProcess(std::process::Child);
+
+impl std::ops::Deref for UpProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for UpProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `meshtest up` in the background until it prints "ready"; returns the child and its run dir.
-fn up(cwd: &Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshtest"))
+fn up(cwd: &Path) -> (UpProcess, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_meshtest"))
         .args(["up", "--mesh", pyairtable_dir().to_str().unwrap()])
         .current_dir(cwd)
         .env("MESHTEST_STATE_DIR", cwd.join("state"))
@@ -209,6 +238,7 @@ fn up(cwd: &Path) -> (std::process::Child, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawning meshtest up");
+    let mut child = UpProcess(child);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let started = Instant::now();
     let ready = lines.next().and_then(Result::ok).unwrap_or_default();
@@ -231,9 +261,14 @@ fn up(cwd: &Path) -> (std::process::Child, String) {
         );
     }
     let pod = &state["pods"][0];
-    for key in ["name", "service", "version", "sa", "address", "admin"] {
+    for key in ["name", "service", "version", "sa", "ip", "admin", "control"] {
         assert!(pod[key].is_string(), "pods[0].{key} in {state}");
     }
+    assert!(pod["ports"][0].is_u64(), "pods[0].ports in {state}");
+    assert!(
+        state["owner"]["pid"].is_u64() && state["owner"]["start_time"].is_u64(),
+        "{state}"
+    );
     (child, state["run_dir"].as_str().unwrap().to_string())
 }
 
@@ -303,6 +338,45 @@ async fn up_call_status_down_and_nothing_left_behind() {
     assert!(stdout(&tls).contains("TLS"), "{}", stdout(&tls));
     expect(cwd.path(), &["call", "--via-ingress", "/health"], 0);
     expect(cwd.path(), &["status"], 0);
+    // Tokens come from the running mesh's own key, and the mesh accepts them.
+    let token = expect(
+        cwd.path(),
+        &["token", "--tenant", "acme", "--tier", "free"],
+        0,
+    );
+    let token = stdout(&token).trim().to_string();
+    assert_eq!(token.split('.').count(), 3);
+    let auth = format!("authorization: Bearer {token}");
+    let api = expect(
+        cwd.path(),
+        &[
+            "call",
+            "--via-ingress",
+            "/api/v1/airtable/bases",
+            "-H",
+            &auth,
+        ],
+        0,
+    );
+    assert!(stdout(&api).starts_with("HTTP 200"), "{}", stdout(&api));
+    // Unknown names are bad input, not a failed call.
+    let unknown = expect(
+        cwd.path(),
+        &[
+            "call",
+            "--from",
+            "api-gateway",
+            "--to",
+            "auth-servce",
+            "/health",
+        ],
+        2,
+    );
+    assert!(
+        stderr(&unknown).contains("--to") && stderr(&unknown).contains("auth-servce"),
+        "{}",
+        stderr(&unknown)
+    );
 
     expect(cwd.path(), &["down"], 0);
     let status = child.wait().unwrap();
@@ -338,8 +412,8 @@ async fn kill_9_of_up_takes_its_envoys_with_it() {
         removed,
         "the run directory (keys) outlived kill -9: {run_dir}"
     );
-    // A stale state file is recognised as such.
-    let out = expect(cwd.path(), &["status"], 1);
+    // A stale state file is recognised as such (and nothing is signalled).
+    let out = expect(cwd.path(), &["status"], 2);
     assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
 }
 

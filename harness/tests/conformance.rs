@@ -30,14 +30,14 @@ fn main() -> std::process::ExitCode {
         let target = Arc::new(LocalTarget::owning(mesh, &mesh_dir).expect("target"));
         let opts = RunOptions {
             features: vec![root.join("features")],
-            tags: std::env::var("MESHTEST_TAGS").ok(),
+            tags: runner::default_tags(std::env::var("MESHTEST_TAGS").ok(), false),
             report_dir: root.join("reports").join(runner::run_id()),
             concurrency: 8,
         };
         let summary = run(target.clone(), &opts)
             .await
             .expect("running the features");
-        summary.passed()
+        summary.exit_code() == 0
         // `target` drops here: every Envoy and agent stops, pass or fail.
     });
     if passed {

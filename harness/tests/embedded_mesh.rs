@@ -8,7 +8,7 @@ use std::time::Duration;
 use meshtest::manifest::Manifests;
 use meshtest::outcome::Outcome;
 use meshtest::target::{Call, From, Target, Transport};
-use meshtest::token::{Breakage, Tier, TokenSpec, mint};
+use meshtest::token::{Breakage, Tier, TokenSpec};
 use support::{eventually, mesh_copy, only, processes_mentioning, shared, start};
 
 fn ingress(path: &str) -> Call {
@@ -20,8 +20,8 @@ fn from_workload(workload: &str, service: &str, path: &str) -> Call {
     Call::new(From::Workload(workload.into()), service, path)
 }
 
-fn bearer(spec: TokenSpec) -> String {
-    format!("Bearer {}", mint(&spec).expect("token"))
+async fn bearer(mesh: &impl Target, spec: TokenSpec) -> String {
+    format!("Bearer {}", mesh.mint_token(&spec).await.expect("token"))
 }
 
 #[tokio::test]
@@ -40,7 +40,7 @@ async fn plaintext_to_every_pod_gets_no_http_response_under_strict() {
             matches!(o, Outcome::Reset { .. }),
             "{} ({}): plaintext got {}",
             pod.name,
-            pod.address,
+            pod.address(),
             o.summary()
         );
     }
@@ -104,40 +104,69 @@ async fn the_edge_requires_a_valid_jwt_on_api_but_not_on_health() {
     let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
         ("health without token", None, 200, ""),
         ("api without token", None, 403, "RBAC: access denied"),
-        ("valid token", Some(bearer(valid.clone())), 200, ""),
+        (
+            "valid token",
+            Some(bearer(mesh, valid.clone()).await),
+            200,
+            "",
+        ),
         (
             "expired",
-            Some(bearer(TokenSpec {
-                expired: true,
-                ..valid.clone()
-            })),
+            Some(
+                bearer(
+                    mesh,
+                    TokenSpec {
+                        expired: true,
+                        ..valid.clone()
+                    },
+                )
+                .await,
+            ),
             401,
             "Jwt is expired",
         ),
         (
             "tampered",
-            Some(bearer(TokenSpec {
-                breakage: Breakage::Tampered,
-                ..valid.clone()
-            })),
+            Some(
+                bearer(
+                    mesh,
+                    TokenSpec {
+                        breakage: Breakage::Tampered,
+                        ..valid.clone()
+                    },
+                )
+                .await,
+            ),
             401,
             "Jwt verification fails",
         ),
         (
             "bad signature",
-            Some(bearer(TokenSpec {
-                breakage: Breakage::BadSignature,
-                ..valid.clone()
-            })),
+            Some(
+                bearer(
+                    mesh,
+                    TokenSpec {
+                        breakage: Breakage::BadSignature,
+                        ..valid.clone()
+                    },
+                )
+                .await,
+            ),
             401,
             "Jwt verification fails",
         ),
         (
             "wrong issuer",
-            Some(bearer(TokenSpec {
-                issuer: "evil".into(),
-                ..valid.clone()
-            })),
+            Some(
+                bearer(
+                    mesh,
+                    TokenSpec {
+                        issuer: "evil".into(),
+                        ..valid.clone()
+                    },
+                )
+                .await,
+            ),
             401,
             "Jwt issuer is not configured",
         ),
@@ -224,7 +253,7 @@ async fn a_virtual_service_change_applies_without_restarting_envoy() {
     let target = start(dir.path()).await;
     let mesh = target.mesh().expect("owned mesh");
     let pids = mesh.envoy_pids();
-    let token = bearer(TokenSpec::new("live", Tier::Enterprise));
+    let token = bearer(&target, TokenSpec::new("live", Tier::Enterprise)).await;
     let versions = |n: usize| {
         let token = token.clone();
         let target = &target;

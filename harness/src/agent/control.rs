@@ -12,11 +12,18 @@ use serde_json::json;
 use super::{Fault, Handled, Shared, json_response};
 use crate::client::{self, Request};
 
+/// GET /stats: what the app ports have served since the agent started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStats {
+    /// Requests received on the app ports (each retry attempt of a caller's proxy counts).
+    pub requests: u64,
+}
+
 /// POST /call: what to call from this workload (through its sidecar).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallOrder {
-    /// Service name, e.g. "auth-service".
+    /// Service name, e.g. "auth-service", or SERVICE:PORT.
     pub to: String,
     pub path: String,
     #[serde(default = "get")]
@@ -54,6 +61,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -
             )
         }
         (Method::GET, "/fault") => json_response(200, &*shared.fault.lock().expect("fault lock")),
+        (Method::GET, "/stats") => json_response(
+            200,
+            &AgentStats {
+                requests: shared.requests.load(std::sync::atomic::Ordering::Relaxed),
+            },
+        ),
         (Method::PUT | Method::POST, "/fault") => match serde_json::from_slice::<Fault>(&body) {
             Ok(f) => {
                 *shared.fault.lock().expect("fault lock") = f.clone();
@@ -82,7 +95,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -
         },
         _ => json_response(
             404,
-            &json!({"error": "control API: GET /health, GET /info, GET|PUT|DELETE /fault, POST /call"}),
+            &json!({"error": "control API: GET /health, GET /info, GET /stats, GET|PUT|DELETE /fault, POST /call"}),
         ),
     })
 }

@@ -23,18 +23,37 @@ const NOT_FORWARDED: [&str; 6] = [
     "te",
 ];
 
-pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Handled {
+/// Where the test issuer's keys are served (RequestAuthentication jwksUri points here).
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    port: u16,
+    req: hyper::Request<Incoming>,
+) -> Handled {
+    shared
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let fault = shared.fault.lock().expect("fault lock").clone();
     if fault.close {
         return Err(CloseConnection);
     }
-    if fault.hang {
+    if fault.hang || fault.hold {
         let started = Instant::now();
-        // Hang until the fault is lifted (then close) or the bound runs out.
-        while started.elapsed() < HANG_LIMIT && shared.fault.lock().expect("fault lock").hang {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Wait until the fault is lifted or the bound runs out; a hang then closes, a hold answers.
+        let lifted = loop {
+            let current = shared.fault.lock().expect("fault lock").clone();
+            if current.hang != fault.hang || current.hold != fault.hold {
+                break true;
+            }
+            if started.elapsed() >= HANG_LIMIT {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if fault.hang || !lifted {
+            return Err(CloseConnection);
         }
-        return Err(CloseConnection);
     }
     if let Some(ms) = fault.delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -51,6 +70,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    if let Some(jwks) = &cfg.jwks
+        && req.uri().path() == JWKS_PATH
+    {
+        return Ok(hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(jwks.clone())))
+            .expect("static response parts are valid"));
+    }
     if let Some((_, target)) = cfg
         .forwards
         .iter()
@@ -69,6 +96,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -
             "version": cfg.version,
             "pod": cfg.pod,
             "namespace": cfg.namespace,
+            "port": port,
             "method": req.method().as_str(),
             "path": path,
             "caller": caller,

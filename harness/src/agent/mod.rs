@@ -28,6 +28,15 @@ pub enum Listen {
     Unix(PathBuf),
 }
 
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 impl std::str::FromStr for Listen {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -43,11 +52,11 @@ impl std::str::FromStr for Listen {
 }
 
 /// How the agent reaches other services: through its sidecar's outbound socket (local), or by
-/// their DNS names on the service port (in a cluster, where iptables sends it to the sidecar).
+/// their DNS names (in a cluster, where iptables sends it to the sidecar).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
     Sidecar(PathBuf),
-    Dns { port: u16 },
+    Dns,
 }
 
 /// A fault the agent applies to the requests it serves (not to control requests).
@@ -66,6 +75,10 @@ pub struct Fault {
     /// Close the connection without a response.
     #[serde(default)]
     pub close: bool,
+    /// Hold every request until the fault is lifted, then answer it normally (bounded by
+    /// `HANG_LIMIT`): a slow upstream whose end the caller decides.
+    #[serde(default)]
+    pub hold: bool,
 }
 
 impl Fault {
@@ -96,6 +109,13 @@ impl Fault {
             ..Fault::default()
         }
     }
+
+    pub fn hold() -> Fault {
+        Fault {
+            hold: true,
+            ..Fault::default()
+        }
+    }
 }
 
 /// Longest a hang holds a request, so a forgotten fault cannot pin resources forever.
@@ -107,29 +127,51 @@ pub struct AgentConfig {
     pub version: String,
     pub pod: String,
     pub namespace: String,
-    pub listen: Listen,
+    /// The app's listeners, each with the pod port it serves (echoed back as `port`).
+    pub listen: Vec<(u16, Listen)>,
     pub control: Listen,
-    /// Path prefix -> service to forward to (api-gateway's routes).
+    /// Path prefix -> service (SERVICE or SERVICE:PORT) to forward to (api-gateway's routes).
     pub forwards: Vec<(String, String)>,
     pub outbound: Outbound,
+    /// The port to call a service on when a call names none: the mesh's own map, else
+    /// `default_port`.
+    pub service_ports: BTreeMap<String, u16>,
+    pub default_port: u16,
+    /// The test issuer's JSON Web Key Set, served at /.well-known/jwks.json (the mesh's
+    /// RequestAuthentication jwksUri points at it).
+    pub jwks: Option<String>,
 }
 
 pub(crate) struct Shared {
     pub config: AgentConfig,
     pub fault: Mutex<Fault>,
+    /// Requests the app ports received (not control requests), for steps that count attempts.
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
-    /// The dial and Host header for calling `service` from this workload.
-    pub fn route_to(&self, service: &str) -> (Dial, String) {
+    /// The dial and Host header for calling `target` (SERVICE or SERVICE:PORT) from this
+    /// workload.
+    pub fn route_to(&self, target: &str) -> (Dial, String) {
+        let (service, port) = match target.rsplit_once(':') {
+            Some((s, p)) if p.parse::<u16>().is_ok() => (s, p.parse().expect("checked")),
+            _ => (
+                target,
+                self.config
+                    .service_ports
+                    .get(target)
+                    .copied()
+                    .unwrap_or(self.config.default_port),
+            ),
+        };
         match &self.config.outbound {
-            Outbound::Sidecar(path) => (Dial::Unix(path.clone()), format!("{service}:8080")),
-            Outbound::Dns { port } => {
+            Outbound::Sidecar(path) => (Dial::Unix(path.clone()), format!("{service}:{port}")),
+            Outbound::Dns => {
                 let host = format!("{service}.{}.svc.cluster.local", self.config.namespace);
-                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
                     .ok()
                     .and_then(|mut a| a.next())
-                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], *port)));
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port)));
                 (Dial::Tcp(addr), format!("{host}:{port}"))
             }
         }
@@ -147,13 +189,16 @@ impl Agent {
         let shared = Arc::new(Shared {
             config: config.clone(),
             fault: Mutex::new(Fault::default()),
+            requests: Default::default(),
         });
         let mut tasks = JoinSet::new();
-        let app = shared.clone();
-        serve(&mut tasks, &config.listen, move |req| {
-            echo::handle(app.clone(), req)
-        })
-        .await?;
+        for (port, listen) in &config.listen {
+            let (app, port) = (shared.clone(), *port);
+            serve(&mut tasks, listen, move |req| {
+                echo::handle(app.clone(), port, req)
+            })
+            .await?;
+        }
         let ctl = shared.clone();
         serve(&mut tasks, &config.control, move |req| {
             control::handle(ctl.clone(), req)
@@ -322,21 +367,26 @@ mod tests {
 /// `meshtest agent` flags (also how a Deployment's container args are read by the local target).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// Where the app port listens: HOST:PORT or unix:PATH.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    pub listen: Listen,
-    /// Where the control API listens: HOST:PORT or unix:PATH.
+    /// Where the app serves: HOST:PORT or unix:PATH (repeatable, one per pod port).
+    #[arg(long, default_values_t = vec![Listen::Tcp(SocketAddr::from(([0, 0, 0, 0], 8080)))])]
+    pub listen: Vec<Listen>,
+    /// Where the control API listens: HOST:PORT or unix:PATH. Keep it on loopback (reach it
+    /// through a port-forward): it can fault the workload and make calls as it.
     #[arg(long, default_value = "127.0.0.1:15080")]
     pub control: Listen,
-    /// Forward requests whose path starts with PREFIX to SERVICE: PREFIX=SERVICE (repeatable).
+    /// Forward requests whose path starts with PREFIX to SERVICE[:PORT]: PREFIX=SERVICE
+    /// (repeatable).
     #[arg(long = "forward", value_parser = parse_forward)]
     pub forwards: Vec<(String, String)>,
     /// Send outbound calls to this sidecar socket instead of the service's DNS name.
     #[arg(long)]
     pub outbound: Option<PathBuf>,
-    /// Port of the services called by DNS name.
+    /// Port to call a service on when the call names none (SERVICE:PORT overrides it).
     #[arg(long, default_value_t = 8080)]
     pub service_port: u16,
+    /// A JSON Web Key Set file to serve at /.well-known/jwks.json.
+    #[arg(long)]
+    pub jwks: Option<PathBuf>,
     #[arg(long, env = "MESHTEST_SERVICE", default_value = "unknown")]
     pub service: String,
     #[arg(long, env = "MESHTEST_VERSION", default_value = "v1")]
@@ -359,21 +409,39 @@ fn parse_forward(s: &str) -> Result<(String, String), String> {
 }
 
 impl AgentArgs {
-    pub fn into_config(self) -> AgentConfig {
-        AgentConfig {
+    pub fn into_config(self) -> Result<AgentConfig> {
+        let jwks = match &self.jwks {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--jwks {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(AgentConfig {
             service: self.service,
             version: self.version,
             pod: self.pod,
             namespace: self.namespace,
-            listen: self.listen,
+            listen: self
+                .listen
+                .into_iter()
+                .map(|l| {
+                    let port = match &l {
+                        Listen::Tcp(a) => a.port(),
+                        Listen::Unix(_) => 0,
+                    };
+                    (port, l)
+                })
+                .collect(),
             control: self.control,
             forwards: self.forwards,
             outbound: match self.outbound {
                 Some(path) => Outbound::Sidecar(path),
-                None => Outbound::Dns {
-                    port: self.service_port,
-                },
+                None => Outbound::Dns,
             },
-        }
+            service_ports: BTreeMap::new(),
+            default_port: self.service_port,
+            jwks,
+        })
     }
 }

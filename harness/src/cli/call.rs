@@ -29,7 +29,7 @@ pub struct CallArgs {
     /// With --via-ingress: use the HTTPS port.
     #[arg(long, requires = "via_ingress")]
     https: bool,
-    /// Service (or pod) to call.
+    /// Service (or pod) to call, optionally SERVICE:PORT.
     #[arg(long, required_unless_present = "via_ingress")]
     to: Option<String>,
     /// Request path, e.g. /health.
@@ -75,6 +75,28 @@ pub async fn run(a: CallArgs) -> Result<u8> {
     }
     let state = super::mesh::read_running_state()?;
     let target = LocalTarget::attach(state)?;
+    let known = |flag: &str, name: &str| -> Result<(), InputError> {
+        let (name, _) = crate::target::split_port(name);
+        let pods = target.pods();
+        if pods.iter().any(|p| p.name == name || p.service == name) {
+            return Ok(());
+        }
+        let mut services: Vec<String> = pods.into_iter().map(|p| p.service).collect();
+        services.dedup();
+        Err(InputError::new(
+            flag,
+            format!(
+                "no service or pod named `{name}` in the running mesh (services: {})",
+                services.join(", ")
+            ),
+        ))
+    };
+    if let Some(from) = &a.from {
+        known("--from", from)?;
+    }
+    if let Some(to) = &a.to {
+        known("--to", to)?;
+    }
     let call = Call {
         from,
         to: a.to.clone().unwrap_or_else(|| "api-gateway".into()),

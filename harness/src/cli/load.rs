@@ -5,7 +5,7 @@ use anyhow::Result;
 use meshtest_load::{CompareArgs, LoadArgs, LoadError};
 
 use crate::error::{InputError, exit};
-use crate::token::{Tier, TokenSpec, mint};
+use crate::token::{Tier, TokenSpec};
 
 #[derive(clap::Subcommand)]
 pub enum ReportCommand {
@@ -26,7 +26,8 @@ pub async fn load(mut a: LoadArgs) -> Result<u8> {
             let tier = Tier::parse(tier).ok_or_else(|| {
                 InputError::new("--tier", format!("`{tier}` is not free, pro or enterprise"))
             })?;
-            let token = mint(&TokenSpec::new(tenant, tier))
+            let token = super::token::running_issuer()?
+                .mint(&TokenSpec::new(tenant, tier))
                 .map_err(|e| InputError::new("--tenant", e.to_string()))?;
             a.headers.push(format!("authorization: Bearer {token}"));
         }

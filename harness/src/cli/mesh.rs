@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::error::{InputError, exit};
-use crate::local::{LocalMesh, LocalOptions, State, admin};
+use crate::local::{LocalMesh, LocalOptions, Recorded, State, admin};
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -25,35 +25,24 @@ fn state_file() -> PathBuf {
     super::state_dir().join("state.json")
 }
 
-fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
-}
-
-fn read_state() -> Result<Option<State>> {
-    let path = state_file();
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
-            format!("{} is not a meshtest state file", path.display())
-        })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// The state of a running `meshtest up`, or an error saying how to start one.
+/// The state of a running `meshtest up`, or an error (exit 2) saying how to start one.
 pub fn read_running_state() -> Result<State> {
-    match read_state()? {
-        Some(s) if pid_alive(s.pid) => Ok(s),
-        Some(s) => bail!(
-            "the mesh recorded in {} (pid {}) is not running; start it with `meshtest up`",
-            state_file().display(),
-            s.pid
-        ),
-        None => bail!(
-            "no mesh is running here ({} not found); start one with `meshtest up`",
-            state_file().display()
-        ),
+    let path = state_file();
+    match State::read(&path)? {
+        Recorded::Running(s) => Ok(s),
+        Recorded::Stale(s) => Err(InputError::new(
+            &path,
+            format!(
+                "the mesh recorded here (pid {}) is not running; start one with `meshtest up`",
+                s.owner.pid
+            ),
+        )
+        .into()),
+        Recorded::Nothing => Err(InputError::new(
+            &path,
+            "no mesh is running here (no state file); start one with `meshtest up`",
+        )
+        .into()),
     }
 }
 
@@ -62,18 +51,24 @@ pub async fn up(a: UpArgs) -> Result<u8> {
     if !a.mesh.is_dir() {
         return Err(InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into());
     }
-    if let Some(s) = read_state()?
-        && pid_alive(s.pid)
-    {
-        bail!(
-            "a mesh is already running (pid {}, {}); stop it with `meshtest down`",
-            s.pid,
-            state_file().display()
-        );
+    if let Recorded::Running(s) = State::read(&state_file())? {
+        return Err(InputError::new(
+            state_file(),
+            format!(
+                "a mesh is already running here (pid {}); stop it with `meshtest down`",
+                s.owner.pid
+            ),
+        )
+        .into());
     }
     // Find (or first install) Envoy before the clock starts: readiness is the mesh's own time.
     let envoy = match a.envoy {
-        Some(path) => path,
+        Some(path) if path.is_file() => path,
+        Some(path) => {
+            return Err(
+                InputError::new("--envoy", format!("{} is not a file", path.display())).into(),
+            );
+        }
         None => crate::envoy::ensure()?,
     };
     let started = Instant::now();
@@ -85,8 +80,7 @@ pub async fn up(a: UpArgs) -> Result<u8> {
     let mesh = LocalMesh::start(&opts).await?;
     let elapsed = started.elapsed();
     let state = mesh.state(&mesh_dir);
-    std::fs::create_dir_all(super::state_dir())?;
-    crate::local::layout::write_atomic(&state_file(), &serde_json::to_vec_pretty(&state)?)?;
+    state.write(&state_file())?;
     let http = state.ingress.http.clone().unwrap_or_else(|| "-".into());
     let https = state.ingress.https.clone().unwrap_or_else(|| "-".into());
     println!(
@@ -95,10 +89,13 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         state.pods.len(),
         state.pods.len()
     );
-    println!(
-        "meshtest: state in {}; try `meshtest call --from api-gateway --to auth-service /health` or `curl http://{http}/health`",
-        state_file().display()
-    );
+    println!("meshtest: state in {}", state_file().display());
+    if let (Some(a), Some(b)) = (state.pods.first(), state.pods.last()) {
+        println!(
+            "meshtest: try `meshtest call --from {} --to {} /health`, `meshtest status`, or `curl http://{http}/`",
+            a.service, b.service
+        );
+    }
     println!("meshtest: Ctrl-C or `meshtest down` stops it");
     signals.wait().await;
     drop(mesh);
@@ -139,7 +136,7 @@ pub async fn status(_: StateArgs) -> Result<u8> {
     println!(
         "mesh {} (pid {}), ingress http://{} https://{}",
         state.mesh_dir.display(),
-        state.pid,
+        state.owner.pid,
         state.ingress.http.as_deref().unwrap_or("-"),
         state.ingress.https.as_deref().unwrap_or("-")
     );
@@ -149,62 +146,81 @@ pub async fn status(_: StateArgs) -> Result<u8> {
         "-".to_string(),
         "-".to_string(),
         state.ingress.admin.clone(),
+        None,
     )];
     rows.extend(state.pods.iter().map(|p| {
+        let ports: Vec<String> = p.ports.iter().map(u16::to_string).collect();
         (
             p.name.clone(),
             p.version.clone(),
-            p.address.clone(),
+            format!("{}:{}", p.ip, ports.join(",")),
             p.admin.clone(),
+            Some(p.control.clone()),
         )
     }));
     println!(
-        "{:<28} {:<8} {:<18} {:<18} ENVOY",
-        "PROXY", "VERSION", "ADDRESS", "ADMIN"
+        "{:<28} {:<8} {:<24} {:<10} AGENT",
+        "POD", "VERSION", "ADDRESS", "ENVOY"
     );
-    for (name, version, address, admin_addr) in rows {
-        let live = match admin_addr.parse() {
-            Ok(a) => admin::is_live(a).await,
-            Err(_) => false,
+    for (name, version, address, admin_socket, control) in rows {
+        let live = admin::is_live(&admin_socket).await;
+        let agent = match &control {
+            None => "-",
+            Some(c) if agent_alive(c).await => "ok",
+            Some(_) => "DOWN",
         };
-        healthy &= live;
+        healthy &= live && agent != "DOWN";
         println!(
-            "{name:<28} {version:<8} {address:<18} {admin_addr:<18} {}",
-            if live { "LIVE" } else { "NOT READY" }
+            "{name:<28} {version:<8} {address:<24} {:<10} {agent}",
+            if live { "LIVE" } else { "DOWN" }
         );
     }
-    Ok(if healthy { exit::OK } else { exit::FAILED })
+    if !healthy {
+        println!("meshtest: some proxies or agents are down: steps that need them are UNCHECKED");
+    }
+    Ok(if healthy { exit::OK } else { exit::UNCHECKED })
+}
+
+async fn agent_alive(control: &std::path::Path) -> bool {
+    let mut req = crate::client::Request::get("agent", "/health");
+    req.timeout = Duration::from_secs(2);
+    crate::client::send(&crate::client::Dial::Unix(control.to_path_buf()), &req)
+        .await
+        .status()
+        == Some(200)
 }
 
 pub async fn down(_: StateArgs) -> Result<u8> {
-    let Some(state) = read_state()? else {
-        println!("meshtest: no mesh is running here");
-        return Ok(exit::OK);
+    let state = match State::read(&state_file())? {
+        Recorded::Nothing => {
+            println!("meshtest: no mesh is running here");
+            return Ok(exit::OK);
+        }
+        Recorded::Stale(s) => {
+            // Never signal a PID we cannot prove is the meshtest that wrote the file.
+            let _ = std::fs::remove_file(state_file());
+            println!(
+                "meshtest: the recorded mesh (pid {}) is not running (or its PID now belongs to another process); removed its stale state",
+                s.owner.pid
+            );
+            return Ok(exit::OK);
+        }
+        Recorded::Running(s) => s,
     };
-    if !pid_alive(state.pid) {
-        let _ = std::fs::remove_file(state_file());
-        println!(
-            "meshtest: the recorded mesh (pid {}) was not running; removed its stale state",
-            state.pid
-        );
-        return Ok(exit::OK);
-    }
-    // SAFETY: signalling the pid recorded by our own `up`.
-    unsafe { libc::kill(state.pid as i32, libc::SIGTERM) };
+    let pid = state.owner.pid;
+    // SAFETY: signalling the process State::read proved (PID + start time) is our `up`.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pid_alive(state.pid) && Instant::now() < deadline {
+    while state.owner.is_alive() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if pid_alive(state.pid) {
+    if state.owner.is_alive() {
         // Its children die with it (PR_SET_PDEATHSIG).
-        unsafe { libc::kill(state.pid as i32, libc::SIGKILL) };
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         let _ = std::fs::remove_file(state_file());
-        println!(
-            "meshtest: mesh (pid {}) did not stop within 10s; killed it",
-            state.pid
-        );
+        println!("meshtest: mesh (pid {pid}) did not stop within 10s; killed it");
     } else {
-        println!("meshtest: mesh (pid {}) stopped", state.pid);
+        println!("meshtest: mesh (pid {pid}) stopped");
     }
     Ok(exit::OK)
 }

@@ -82,12 +82,18 @@ pub fn main() -> ExitCode {
             Command::Load(a) => load::load(a).await,
             Command::Report(c) => load::report(c),
             Command::Agent(a) => {
-                let agent = crate::agent::Agent::start(a.into_config()).await?;
+                let agent = crate::agent::Agent::start(a.into_config()?).await?;
+                let listen: Vec<String> = agent
+                    .config()
+                    .listen
+                    .iter()
+                    .map(|(_, l)| l.to_string())
+                    .collect();
                 eprintln!(
-                    "meshtest agent: {} {} serving on {:?}, control on {:?}",
+                    "meshtest agent: {} {} serving on {}, control on {}",
                     agent.config().service,
                     agent.config().version,
-                    agent.config().listen,
+                    listen.join(", "),
                     agent.config().control
                 );
                 agent.wait().await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::conformance::{RunOptions, run as run_features, runner, validate};
-use crate::error::{InputError, exit};
+use crate::error::InputError;
 use crate::local::{LocalMesh, LocalOptions};
 use crate::target::Target;
 use crate::target::local::LocalTarget;
@@ -18,9 +18,13 @@ pub struct RunArgs {
     /// Directory of Kubernetes + Istio manifests (the local target starts it).
     #[arg(long, default_value = "mesh/pyairtable")]
     mesh: PathBuf,
-    /// Only scenarios matching this tag expression, e.g. "not @serial".
+    /// Only scenarios matching this tag expression, e.g. "@mtls" (default: "not @slow").
     #[arg(long)]
     tags: Option<String>,
+    /// Also run the @slow scenarios, which wait out the declared 30 s and 120 s timeouts and
+    /// ejection times (the nightly run).
+    #[arg(long, conflicts_with = "tags")]
+    slow: bool,
     /// Where the reports go (default: reports/RUN, RUN being the start time).
     #[arg(long)]
     report_dir: Option<PathBuf>,
@@ -50,11 +54,22 @@ pub async fn run(a: RunArgs) -> Result<u8> {
             return Err(InputError::new("--target", msg).into());
         }
     }
-    validate::validate(&validate::feature_files(&features)?)?;
+    // The features, their tags and every workload they name, checked against the manifests
+    // before anything starts.
+    let files = validate::feature_files(&features)?;
+    validate::validate(&files)?;
     if !a.mesh.is_dir() {
         return Err(InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into());
     }
+    if a.concurrency == 0 || a.concurrency > 64 {
+        return Err(InputError::new("--concurrency", "must be between 1 and 64").into());
+    }
     let mesh_dir = a.mesh.canonicalize()?;
+    let model = crate::model::MeshModel::build(crate::manifest::Manifests::load_dir(&mesh_dir)?)?;
+    let parsed = validate::validate_with(&files, Some(&validate::Names::of_model(&model)))?;
+    let tag_text = runner::default_tags(a.tags, a.slow);
+    let tags = runner::parse_tags(tag_text.as_deref())?;
+    validate::selects_something(&parsed, tags.as_ref(), tag_text.as_deref())?;
     let mesh = LocalMesh::start(&LocalOptions {
         mesh_dir: mesh_dir.clone(),
         envoy: None,
@@ -63,14 +78,10 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     let target: Arc<dyn Target> = Arc::new(LocalTarget::owning(mesh, &mesh_dir)?);
     let opts = RunOptions {
         features,
-        tags: a.tags,
+        tags: tag_text,
         report_dir: runner::report_dir(a.report_dir.as_deref()),
         concurrency: a.concurrency,
     };
     let summary = run_features(target, &opts).await?;
-    Ok(if summary.passed() {
-        exit::OK
-    } else {
-        exit::FAILED
-    })
+    Ok(summary.exit_code())
 }

@@ -1,9 +1,9 @@
-//! `meshtest token`: mint a test JWT.
+//! `meshtest token`: mint a test JWT with the running mesh's issuer key.
 
 use anyhow::Result;
 
 use crate::error::exit;
-use crate::token::{Breakage, Tier, TokenSpec, mint};
+use crate::token::{Breakage, Issuer, Tier, TokenSpec};
 
 #[derive(clap::Args)]
 pub struct TokenArgs {
@@ -42,9 +42,15 @@ pub fn run(a: TokenArgs) -> Result<u8> {
         expired: a.expired,
         breakage,
     };
-    println!(
-        "{}",
-        mint(&spec).map_err(|e| crate::error::InputError::new("--tenant", e.to_string()))?
-    );
+    let token = running_issuer()?
+        .mint(&spec)
+        .map_err(|e| crate::error::InputError::new("--tenant", e.to_string()))?;
+    println!("{token}");
     Ok(exit::OK)
+}
+
+/// The issuer of the mesh `meshtest up` runs (its key is in the mesh's private run directory).
+pub fn running_issuer() -> Result<Issuer> {
+    let state = super::mesh::read_running_state()?;
+    Issuer::load(&state.issuer_key)
 }

@@ -1,5 +1,5 @@
-//! Runs features against a target with cucumber, writes junit.xml, cucumber.json and a console
-//! summary that names each failed promise with its evidence.
+//! Runs features against a target with cucumber and collects each scenario's verdict (HOLDS,
+//! BROKEN, UNCHECKED) with its evidence; `report` writes them out.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,9 @@ use cucumber::gherkin::tagexpr::TagOperation;
 use cucumber::tag::Ext as _;
 use cucumber::{World as _, WriterExt as _, writer};
 
+use super::report::{RunSummary, ScenarioResult};
 use super::validate;
+use super::verdict::{Verdict, classify};
 use super::world::{MeshWorld, set_target};
 use crate::error::InputError;
 use crate::target::Target;
@@ -22,85 +24,10 @@ pub struct RunOptions {
     pub features: Vec<PathBuf>,
     /// A cucumber tag expression, e.g. "@mtls and not @slow".
     pub tags: Option<String>,
-    /// Where junit.xml, cucumber.json and summary.txt go.
+    /// Where junit.xml, cucumber.json, summary.txt and summary.json go.
     pub report_dir: PathBuf,
     /// Scenarios run at once (those tagged @serial always run alone).
     pub concurrency: usize,
-}
-
-/// One scenario's verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScenarioResult {
-    pub feature: String,
-    pub scenario: String,
-    pub line: usize,
-    /// The evidence, when the scenario failed.
-    pub failure: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RunSummary {
-    pub results: Vec<ScenarioResult>,
-    pub report_dir: PathBuf,
-}
-
-impl RunSummary {
-    pub fn failed(&self) -> impl Iterator<Item = &ScenarioResult> {
-        self.results.iter().filter(|r| r.failure.is_some())
-    }
-
-    pub fn passed(&self) -> bool {
-        !self.results.is_empty() && self.failed().next().is_none()
-    }
-
-    /// The promises (features) that failed, in order.
-    pub fn failed_promises(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for r in self.failed() {
-            if !names.contains(&r.feature) {
-                names.push(r.feature.clone());
-            }
-        }
-        names
-    }
-
-    /// The console summary: each promise with its verdict, then each failure with evidence.
-    pub fn render(&self) -> String {
-        let mut features: Vec<&str> = Vec::new();
-        for r in &self.results {
-            if !features.contains(&r.feature.as_str()) {
-                features.push(&r.feature);
-            }
-        }
-        let mut out = String::from("\nmeshtest conformance summary\n");
-        for f in &features {
-            let of: Vec<_> = self.results.iter().filter(|r| r.feature == *f).collect();
-            let failed = of.iter().filter(|r| r.failure.is_some()).count();
-            let verdict = if failed == 0 { "HOLDS " } else { "BROKEN" };
-            out.push_str(&format!(
-                "  {verdict} {f} ({}/{} scenarios passed)\n",
-                of.len() - failed,
-                of.len()
-            ));
-        }
-        for r in self.failed() {
-            out.push_str(&format!(
-                "\nFAILED promise \"{}\", scenario \"{}\" (line {}):\n  {}\n",
-                r.feature,
-                r.scenario,
-                r.line,
-                r.failure.as_deref().unwrap_or("").replace('\n', "\n  ")
-            ));
-        }
-        let failed = self.failed().count();
-        out.push_str(&format!(
-            "\n{} passed, {} failed\n",
-            self.results.len() - failed,
-            failed
-        ));
-        out.push_str(&format!("reports: {}\n", self.report_dir.display()));
-        out
-    }
 }
 
 static RESULTS: Mutex<Vec<ScenarioResult>> = Mutex::new(Vec::new());
@@ -130,20 +57,35 @@ fn panic_message(err: &StepError) -> String {
     }
 }
 
+/// The tag filter of a run: the user's, else everything but the @slow scenarios (unless
+/// `slow`, which keeps them).
+pub fn default_tags(tags: Option<String>, slow: bool) -> Option<String> {
+    match (tags, slow) {
+        (Some(t), _) => Some(t),
+        (None, true) => None,
+        (None, false) => Some("not @slow".into()),
+    }
+}
+
+/// Parses a --tags expression.
+pub fn parse_tags(tags: Option<&str>) -> Result<Option<TagOperation>, InputError> {
+    tags.map(|t| {
+        t.parse()
+            .map_err(|e| InputError::new("--tags", format!("`{t}` is not a tag expression: {e}")))
+    })
+    .transpose()
+}
+
 /// Runs the features against `target`. Returns Err(InputError) for bad features or tags.
 pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummary> {
+    let started = std::time::Instant::now();
     let files = validate::feature_files(&opts.features)?;
-    validate::validate(&files)?;
-    let tags: Option<TagOperation> = match &opts.tags {
-        Some(t) => Some(t.parse().map_err(|e| {
-            InputError::new("--tags", format!("`{t}` is not a tag expression: {e}"))
-        })?),
-        None => None,
-    };
+    let features =
+        validate::validate_with(&files, Some(&validate::Names::of_target(target.as_ref())))?;
+    let tags = parse_tags(opts.tags.as_deref())?;
+    validate::selects_something(&features, tags.as_ref(), opts.tags.as_deref())?;
     std::fs::create_dir_all(&opts.report_dir)
         .with_context(|| format!("creating {}", opts.report_dir.display()))?;
-    let junit =
-        std::fs::File::create(opts.report_dir.join("junit.xml")).context("creating junit.xml")?;
     let json = std::fs::File::create(opts.report_dir.join("cucumber.json"))
         .context("creating cucumber.json")?;
 
@@ -189,54 +131,62 @@ pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummar
             .max_concurrent_scenarios(opts.concurrency.max(1))
             .after(|feature, _rule, scenario, finished, world| {
                 Box::pin(async move {
-                    let mut failure = match finished {
-                        ScenarioFinished::StepFailed(_, _, err) => Some(panic_message(err)),
-                        ScenarioFinished::BeforeHookFailed(info) => {
-                            Some(format!("before hook failed: {info:?}"))
+                    let (mut verdict, mut message) = match finished {
+                        ScenarioFinished::StepFailed(_, _, err) => {
+                            let (v, m) = classify(&panic_message(err));
+                            (v, Some(m))
                         }
-                        ScenarioFinished::StepSkipped => {
-                            Some("a step did not match any step definition".into())
-                        }
-                        ScenarioFinished::StepPassed => None,
+                        ScenarioFinished::BeforeHookFailed(info) => (
+                            Verdict::Unchecked,
+                            Some(format!("before hook failed: {info:?}")),
+                        ),
+                        ScenarioFinished::StepSkipped => (
+                            Verdict::Unchecked,
+                            Some("a step did not match any step definition".into()),
+                        ),
+                        ScenarioFinished::StepPassed => (Verdict::Holds, None),
                     };
+                    let mut evidence = vec![];
+                    let mut alphas = vec![];
+                    let mut duration = std::time::Duration::ZERO;
                     if let Some(world) = world {
-                        for (i, result) in std::mem::take(&mut world.loads).iter().enumerate() {
-                            let name = format!(
-                                "{}--{}-{}",
-                                slug(&feature.name),
-                                slug(&scenario.name),
-                                i + 1
-                            );
-                            if let Some(dir) = super::world::report_dir()
-                                && let Err(e) = meshtest_load::write_report(
-                                    &dir.join("load").join(&name),
-                                    &name,
-                                    result,
-                                )
-                            {
-                                failure.get_or_insert_with(|| {
-                                    format!("writing the load report {name}: {e}")
-                                });
-                            }
+                        evidence = std::mem::take(&mut world.evidence);
+                        alphas = std::mem::take(&mut world.alphas);
+                        duration = world.started.elapsed();
+                        if let Err(e) = write_loads(feature, scenario, world) {
+                            message.get_or_insert(e);
+                            verdict = verdict.max(Verdict::Unchecked);
                         }
                         let problems = world.revert().await;
                         if !problems.is_empty() {
+                            // The verdict stands, but later scenarios may see a changed mesh.
                             let msg = format!("could not revert: {}", problems.join("; "));
-                            failure = Some(failure.map_or(msg.clone(), |f| format!("{f}\n{msg}")));
+                            message = Some(message.map_or(msg.clone(), |m| format!("{m}\n{msg}")));
+                            verdict = verdict.max(Verdict::Unchecked);
                         }
                     }
                     RESULTS.lock().expect("results lock").push(ScenarioResult {
                         feature: feature.name.clone(),
+                        file: feature.path.as_deref().map(display_path),
                         scenario: scenario.name.clone(),
                         line: scenario.position.line,
-                        failure,
+                        tags: feature
+                            .tags
+                            .iter()
+                            .chain(scenario.tags.iter())
+                            .cloned()
+                            .collect(),
+                        verdict,
+                        message,
+                        evidence,
+                        alphas,
+                        duration,
                     });
                 })
             })
             .with_writer(
                 writer::Basic::raw(std::io::stdout(), writer::Coloring::Auto, 0)
                     .summarized()
-                    .tee::<MeshWorld, _>(writer::JUnit::for_tee(junit.try_clone()?, 0))
                     .tee::<MeshWorld, _>(writer::Json::for_tee(json.try_clone()?))
                     .normalized(),
             )
@@ -258,17 +208,47 @@ pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummar
             .await;
     }
     set_target(None, None);
-    let results = std::mem::take(&mut *RESULTS.lock().expect("results lock"));
+    let mut results = std::mem::take(&mut *RESULTS.lock().expect("results lock"));
+    results.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     let summary = RunSummary {
         results,
         report_dir: opts.report_dir.clone(),
+        duration: started.elapsed(),
     };
-    let rendered = summary.render();
-    print!("{rendered}");
+    print!("{}", summary.render());
     let _ = std::io::stdout().flush();
-    std::fs::write(opts.report_dir.join("summary.txt"), &rendered)
-        .context("writing summary.txt")?;
+    summary.write()?;
     Ok(summary)
+}
+
+/// A feature's path relative to the working directory when it is under it.
+fn display_path(path: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Writes the scenario's load runs into the report's load/ directory.
+fn write_loads(
+    feature: &cucumber::gherkin::Feature,
+    scenario: &cucumber::gherkin::Scenario,
+    world: &mut MeshWorld,
+) -> Result<(), String> {
+    let Some(dir) = super::world::report_dir() else {
+        return Ok(());
+    };
+    for (i, result) in std::mem::take(&mut world.loads).iter().enumerate() {
+        let name = format!(
+            "{}--{}-{}",
+            slug(&feature.name),
+            slug(&scenario.name),
+            i + 1
+        );
+        meshtest_load::write_report(&dir.join("load").join(&name), &name, result)
+            .map_err(|e| format!("writing the load report {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// "Edge latency stays within the SLO" -> "edge-latency-stays-within-the-slo".

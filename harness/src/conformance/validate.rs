@@ -33,8 +33,71 @@ pub fn feature_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
     Ok(files)
 }
 
+/// The names steps may use for the mesh's workloads: its services and pods.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub services: Vec<String>,
+    pub pods: Vec<String>,
+}
+
+impl Names {
+    pub fn of_model(model: &crate::model::MeshModel) -> Names {
+        Names {
+            services: model.services.iter().map(|s| s.name.clone()).collect(),
+            pods: model.pods.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+
+    pub fn of_target(target: &dyn crate::target::Target) -> Names {
+        let pods = target.pods();
+        let mut services: Vec<String> = pods.iter().map(|p| p.service.clone()).collect();
+        services.sort();
+        services.dedup();
+        Names {
+            services,
+            pods: pods.into_iter().map(|p| p.name).collect(),
+        }
+    }
+
+    /// Checks a captured name by its group's kind (`service*`, `pod*`, `workload*`).
+    fn check(&self, group: &str, value: &str) -> Result<(), String> {
+        let (name, _) = crate::target::split_port(value);
+        let service = self.services.iter().any(|s| s == name);
+        let pod = self.pods.iter().any(|p| p == name);
+        let ok = if group.starts_with("service") {
+            service
+        } else if group.starts_with("pod") {
+            pod
+        } else if group.starts_with("workload") {
+            service || pod
+        } else {
+            true
+        };
+        if ok {
+            return Ok(());
+        }
+        let what = if group.starts_with("pod") {
+            "pod"
+        } else {
+            "service"
+        };
+        Err(format!(
+            "no {what} named `{name}` in the mesh (services: {})",
+            self.services.join(", ")
+        ))
+    }
+}
+
 /// Parses each feature and resolves each step against the step definitions.
 pub fn validate(files: &[PathBuf]) -> Result<Vec<gherkin::Feature>, InputError> {
+    validate_with(files, None)
+}
+
+/// `validate`, also checking that every workload a step names exists in the mesh.
+pub fn validate_with(
+    files: &[PathBuf],
+    names: Option<&Names>,
+) -> Result<Vec<gherkin::Feature>, InputError> {
     let steps = MeshWorld::collection();
     let mut features = Vec::new();
     for file in files {
@@ -60,22 +123,49 @@ pub fn validate(files: &[PathBuf]) -> Result<Vec<gherkin::Feature>, InputError> 
             .iter()
             .chain(feature.rules.iter().filter_map(|r| r.background.as_ref()));
         for step in backgrounds.flat_map(|b| b.steps.iter()) {
-            check_step(&steps, file, step, &[])?;
+            check_step(&steps, file, step, &[], names)?;
         }
         for scenario in scenarios {
             let rows = example_rows(scenario);
             for step in &scenario.steps {
                 if rows.is_empty() {
-                    check_step(&steps, file, step, &[])?;
+                    check_step(&steps, file, step, &[], names)?;
                 }
                 for row in &rows {
-                    check_step(&steps, file, step, row)?;
+                    check_step(&steps, file, step, row, names)?;
                 }
             }
         }
         features.push(feature);
     }
     Ok(features)
+}
+
+/// A tag expression that selects no scenario is a mistake in the command, not an empty pass.
+pub fn selects_something(
+    features: &[gherkin::Feature],
+    tags: Option<&cucumber::gherkin::tagexpr::TagOperation>,
+    text: Option<&str>,
+) -> Result<(), InputError> {
+    use cucumber::tag::Ext as _;
+    let Some(tags) = tags else { return Ok(()) };
+    let any = features.iter().any(|f| {
+        f.scenarios
+            .iter()
+            .chain(f.rules.iter().flat_map(|r| r.scenarios.iter()))
+            .any(|s| tags.eval(f.tags.iter().chain(s.tags.iter())))
+    });
+    if any {
+        Ok(())
+    } else {
+        Err(InputError::new(
+            "--tags",
+            format!(
+                "`{}` selects no scenario of the given features",
+                text.unwrap_or("")
+            ),
+        ))
+    }
 }
 
 /// Each Examples row as (placeholder, value) pairs.
@@ -98,6 +188,7 @@ fn check_step(
     file: &Path,
     step: &gherkin::Step,
     row: &[(String, String)],
+    names: Option<&Names>,
 ) -> Result<(), InputError> {
     let mut step = step.clone();
     for (k, v) in row {
@@ -105,7 +196,22 @@ fn check_step(
     }
     let line = step.position.line as u64;
     match steps.find(&step) {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some((_, _, _, ctx))) => {
+            let Some(names) = names else { return Ok(()) };
+            for (group, value) in &ctx.matches {
+                if let Some(group) = group
+                    && let Err(why) = names.check(group, value)
+                {
+                    return Err(InputError::new(
+                        file,
+                        format!("step `{} {}`: {why}", step.keyword.trim(), step.value),
+                    )
+                    .at_line(line)
+                    .field(group.clone()));
+                }
+            }
+            Ok(())
+        }
         Ok(None) => Err(InputError::new(
             file,
             format!(

@@ -27,16 +27,17 @@ pub fn report_dir() -> Option<std::path::PathBuf> {
 #[world(init = Self::new)]
 pub struct MeshWorld {
     pub target: Arc<dyn Target>,
-    /// The last single call and its outcome.
+    /// The last single call (its description and outcome, and the call itself).
     pub last: Option<(String, Outcome)>,
-    /// Outcomes of the last batch of calls.
-    pub batch: Vec<Outcome>,
+    pub last_call: Option<Call>,
+    /// The last batch of calls: how many were asked for and what came back.
+    pub batch: Option<Batch>,
     /// Authorization header to send on ingress calls.
     pub token: Option<String>,
     /// Tenants by the name the feature uses -> (unique tenant id, tier).
     pub tenants: HashMap<String, (String, crate::token::Tier)>,
-    /// Per tenant: requests allowed before the first 429, and that 429.
-    pub rate_limited: HashMap<String, (u64, Option<Outcome>)>,
+    /// Per tenant: how draining its bucket went.
+    pub rate_limited: HashMap<String, RateLimited>,
     /// Stat values captured before the scenario acted, by (proxy, stat).
     pub stats_before: HashMap<(String, String), u64>,
     /// What to undo after the scenario.
@@ -45,6 +46,56 @@ pub struct MeshWorld {
     pub manifests_changed: bool,
     /// Load runs of this scenario; the after-hook writes them into the run's report.
     pub loads: Vec<meshtest_load::LoadResult>,
+    /// What the Then steps saw, also when they held: sample sizes, declared values, intervals.
+    pub evidence: Vec<String>,
+    /// False-alarm rates of this scenario's statistical steps (their sum goes in the summary).
+    pub alphas: Vec<f64>,
+    /// Declared values read by Given steps, by name, for the steps after them.
+    pub declared: HashMap<String, f64>,
+    pub started: std::time::Instant,
+    /// Calls still running in the background (a pool being filled), awaited by a later step.
+    pub in_flight: Vec<tokio::task::JoinHandle<Result<Outcome, String>>>,
+    /// Moments later steps measure from ("ejected api-gateway-0 airtable-gateway-0").
+    pub marks: HashMap<String, std::time::Instant>,
+    /// How long the last single call took.
+    pub last_elapsed: Duration,
+    /// When the scenario's route should cut a hung request off.
+    pub expected_deadline: Option<Duration>,
+    /// Requests the last load step asked for.
+    pub asked_load: u64,
+    /// What the last fault-injection sample counted.
+    pub fault_sample: Option<super::steps::FaultSample>,
+    /// The last statistical sample for a weighted split: (route share, n, alpha, power, shift).
+    pub split: Option<Split>,
+}
+
+/// How a split sample was sized.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub route: String,
+    pub declared: f64,
+    pub alpha: f64,
+    pub power: f64,
+    pub shift: f64,
+}
+
+/// A tenant that sent requests until it was limited.
+#[derive(Debug, Clone)]
+pub struct RateLimited {
+    /// 2xx answers before (and in the batch of) the first refusal.
+    pub allowed: u64,
+    pub sent: u64,
+    /// From before the first request to after the last answer.
+    pub elapsed: Duration,
+    /// The first non-2xx answer, if any.
+    pub rejection: Option<Outcome>,
+}
+
+/// A batch of calls: `asked` of them were sent; `outcomes` is what came back.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub asked: usize,
+    pub outcomes: Vec<Outcome>,
 }
 
 impl std::fmt::Debug for MeshWorld {
@@ -59,7 +110,7 @@ impl std::fmt::Debug for MeshWorld {
                     .as_ref()
                     .map(|(d, o)| format!("{d}: {}", o.summary())),
             )
-            .field("batch", &self.batch.len())
+            .field("batch", &self.batch.as_ref().map(|b| b.outcomes.len()))
             .finish_non_exhaustive()
     }
 }
@@ -76,7 +127,8 @@ impl MeshWorld {
         Ok(MeshWorld {
             target,
             last: None,
-            batch: vec![],
+            last_call: None,
+            batch: None,
             token: None,
             tenants: HashMap::new(),
             rate_limited: HashMap::new(),
@@ -85,28 +137,65 @@ impl MeshWorld {
             runtime_overrides: vec![],
             manifests_changed: false,
             loads: vec![],
+            evidence: vec![],
+            alphas: vec![],
+            declared: HashMap::new(),
+            started: std::time::Instant::now(),
+            in_flight: vec![],
+            marks: HashMap::new(),
+            last_elapsed: Duration::ZERO,
+            expected_deadline: None,
+            asked_load: 0,
+            fault_sample: None,
+            split: None,
         })
+    }
+
+    /// Records (and prints) what a step observed, whatever the verdict.
+    pub fn evidence(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        println!("      evidence: {line}");
+        self.evidence.push(line);
+    }
+
+    /// The last batch, which must exist (a Then step without a When is a feature mistake).
+    pub fn batch(&self) -> &Batch {
+        match &self.batch {
+            Some(b) => b,
+            None => crate::unchecked!("no requests were sent before this step"),
+        }
     }
 
     /// Makes a call, remembering it (and a description for failure messages) as the last one.
     pub async fn call(&mut self, description: String, call: Call) -> &Outcome {
+        let started = std::time::Instant::now();
         let outcome = match self.target.call(&call).await {
             Ok(o) => o,
-            Err(e) => panic!("{description}: the harness could not make the call: {e:#}"),
+            Err(e) => {
+                crate::unchecked!("{description}: the harness could not make the call: {e:#}")
+            }
         };
+        self.last_elapsed = started.elapsed();
         self.last = Some((description, outcome));
+        self.last_call = Some(call);
         &self.last.as_ref().expect("just set").1
     }
 
     pub fn last(&self) -> (&str, &Outcome) {
-        let (d, o) = self.last.as_ref().expect("a step must make a call first");
-        (d, o)
+        match &self.last {
+            Some((d, o)) => (d, o),
+            None => crate::unchecked!("no call was made before this step"),
+        }
     }
 
     /// Undoes every change this scenario made to the mesh (called from the after-hook, also
     /// when a step failed).
     pub async fn revert(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
+        // Held requests end once their fault is lifted below; nobody waits for them any more.
+        for h in std::mem::take(&mut self.in_flight) {
+            h.abort();
+        }
         for pod in std::mem::take(&mut self.faulted_pods) {
             if let Err(e) = self.target.set_fault(&pod, Default::default()).await {
                 problems.push(format!("clearing the fault on {pod}: {e:#}"));

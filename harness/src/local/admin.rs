@@ -1,62 +1,54 @@
-//! Envoy's admin API: readiness, stats, config dumps: how meshtest sees what a proxy really has.
+//! A local proxy's Envoy admin API, on a Unix socket inside the private run directory (never on
+//! TCP: any local user could otherwise `/quitquitquit` or `/runtime_modify` the mesh).
 
-use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
 use crate::client::{self, Dial, Request};
+use crate::envoy::stats::parse_text;
 use crate::outcome::Outcome;
 
-pub async fn get(admin: SocketAddr, path: &str) -> Result<String> {
-    let mut req = Request::get(&admin.to_string(), path);
+/// File name of the admin socket in a proxy's directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// `GET` or `POST` `path` on the admin socket; the body of a 200 response.
+pub async fn request(socket: &Path, method: &str, path: &str) -> Result<String> {
+    let mut req = Request::get("envoy-admin", path);
+    req.method = method.into();
     req.timeout = Duration::from_secs(5);
-    match client::send(&Dial::Tcp(admin), &req).await {
+    match client::send(&Dial::Unix(socket.to_path_buf()), &req).await {
         Outcome::Response {
             status: 200, body, ..
         } => Ok(body),
-        other => bail!("Envoy admin {admin}{path}: {}", other.summary()),
+        other => bail!(
+            "Envoy admin {method} {path} on {}: {}",
+            socket.display(),
+            other.summary()
+        ),
     }
 }
 
-pub async fn post(admin: SocketAddr, path: &str) -> Result<String> {
-    let mut req = Request::get(&admin.to_string(), path);
-    req.method = "POST".into();
-    req.timeout = Duration::from_secs(5);
-    match client::send(&Dial::Tcp(admin), &req).await {
-        Outcome::Response {
-            status: 200, body, ..
-        } => Ok(body),
-        other => bail!("Envoy admin POST {admin}{path}: {}", other.summary()),
-    }
+pub async fn get(socket: &Path, path: &str) -> Result<String> {
+    request(socket, "GET", path).await
 }
 
 /// Is the proxy initialized (listeners and clusters loaded)?
-pub async fn is_live(admin: SocketAddr) -> bool {
-    get(admin, "/ready").await.is_ok_and(|b| b.trim() == "LIVE")
+pub async fn is_live(socket: &Path) -> bool {
+    get(socket, "/ready")
+        .await
+        .is_ok_and(|b| b.trim() == "LIVE")
 }
 
 /// The LDS and CDS version_info the proxy last accepted (stats `*.version_text`; the config
 /// dump keeps the old version when a response changed no resource).
-pub async fn xds_versions(admin: SocketAddr) -> Result<(Option<String>, Option<String>)> {
-    let body = get(admin, "/stats?filter=version_text").await?;
-    let text_of = |name: &str| {
-        body.lines().find_map(|l| {
-            let (k, v) = l.split_once(": ")?;
-            (k == name).then(|| v.trim().trim_matches('"').to_string())
-        })
-    };
+pub async fn xds_versions(socket: &Path) -> Result<(Option<String>, Option<String>)> {
+    let body = get(socket, "/stats?filter=version_text").await?;
     Ok((
-        text_of("listener_manager.lds.version_text"),
-        text_of("cluster_manager.cds.version_text"),
+        parse_text(&body, "listener_manager.lds.version_text"),
+        parse_text(&body, "cluster_manager.cds.version_text"),
     ))
-}
-
-pub fn parse_stat(body: &str, name: &str) -> Option<u64> {
-    body.lines().find_map(|l| {
-        let (k, v) = l.split_once(": ")?;
-        (k == name).then(|| v.trim().parse().ok()).flatten()
-    })
 }
 
 /// Polls `check` every 20 ms until it returns true or `deadline` passes.
@@ -74,17 +66,5 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_stat_line() {
-        let body = "cluster.x.upstream_rq_200: 12\ncluster.x.upstream_rq_2000: 7\n";
-        assert_eq!(parse_stat(body, "cluster.x.upstream_rq_200"), Some(12));
-        assert_eq!(parse_stat(body, "cluster.x.missing"), None);
     }
 }

@@ -8,53 +8,34 @@ use anyhow::{Context, Result, bail};
 
 use crate::model::{MeshModel, Pod};
 
-pub const ADMIN_PORT: u16 = 15000;
-const LOCK_DIR: &str = "/tmp/meshtest-locks";
+/// The UDP port whose binding on 127.B.0.1 claims block B.
+const CLAIM_PORT: u16 = 15000;
 
-/// A claimed second octet B: the mesh owns 127.B.0.0/16 until this is dropped.
+/// A claimed second octet B: the mesh owns 127.B.0.0/16 while this lives.
+///
+/// The claim is a UDP socket bound to 127.B.0.1:15000, held for the block's lifetime: the
+/// kernel makes it exclusive across processes and users and releases it when the process dies,
+/// so there is no lock file to go stale or to share between users.
 pub struct Block {
     pub octet: u8,
-    lock: PathBuf,
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.lock);
-    }
+    _claim: std::net::UdpSocket,
 }
 
 impl Block {
-    /// Claims a free block: a lock file (reclaimed if its owner is dead) plus a bind probe.
+    /// Claims a free block.
     pub fn claim() -> Result<Block> {
-        std::fs::create_dir_all(LOCK_DIR).context("creating the lock directory")?;
         let start = (std::process::id() % 200) as u8;
         for i in 0..220u16 {
             let octet = 20 + ((start as u16 + i) % 220) as u8;
-            let lock = Path::new(LOCK_DIR).join(octet.to_string());
-            if let Ok(owner) = std::fs::read_to_string(&lock) {
-                let alive = owner
-                    .trim()
-                    .parse::<i32>()
-                    .is_ok_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-                if alive {
-                    continue;
-                }
-                let _ = std::fs::remove_file(&lock);
+            let addr = SocketAddr::from((Ipv4Addr::new(127, octet, 0, 1), CLAIM_PORT));
+            if let Ok(claim) = std::net::UdpSocket::bind(addr) {
+                return Ok(Block {
+                    octet,
+                    _claim: claim,
+                });
             }
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&lock);
-            let Ok(mut f) = created else { continue };
-            std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes())?;
-            let probe = SocketAddr::from((Ipv4Addr::new(127, octet, 0, 1), ADMIN_PORT));
-            if std::net::TcpListener::bind(probe).is_err() {
-                let _ = std::fs::remove_file(&lock);
-                continue;
-            }
-            return Ok(Block { octet, lock });
         }
-        bail!("no free 127.B.0.0/16 block for a local mesh (locks in {LOCK_DIR})")
+        bail!("no free 127.B.0.0/16 block for a local mesh (each running mesh holds one)")
     }
 
     pub fn ingress_ip(&self) -> Ipv4Addr {
@@ -84,35 +65,35 @@ pub fn unprivileged(port: u16) -> u16 {
 }
 
 /// The private run directory (0700), removed when dropped, or by its janitor when this process
-/// dies without dropping it.
+/// dies without dropping it. Its `owner` file (PID, start time, token) is what lets a later
+/// sweep tell a dead mesh's directory from anything else in the temp directory.
 pub struct RunDir {
     pub path: PathBuf,
     janitor: Option<Janitor>,
 }
 
-/// A `sh` that removes the run directory (and the block's lock file, if still ours) once this
-/// process is gone, however it went (kill -9, or a test binary whose shared mesh lives in a static
-/// and is never dropped): it blocks reading a pipe whose only writer is this process, and the
-/// kernel closes that when the process dies.
+/// Name of the owner record inside a run directory.
+const OWNER_FILE: &str = "owner";
+
+/// A `sh` that removes the run directory once this process is gone, however it went (kill -9,
+/// or a test binary whose shared mesh lives in a static and is never dropped): it blocks reading
+/// a pipe whose only writer is this process, and the kernel closes that when the process dies.
 /// It ignores terminal signals and has its own process group, so a Ctrl-C cannot stop it first.
 struct Janitor {
     child: std::process::Child,
 }
 
 impl Janitor {
-    fn spawn(dir: &Path, lock: &Path) -> std::io::Result<Janitor> {
+    fn spawn(dir: &Path) -> std::io::Result<Janitor> {
         use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
         let child = Command::new("sh")
             .args([
                 "-c",
-                r#"trap '' INT TERM HUP; read _ ; rm -rf -- "$MESHTEST_RUN_DIR"
-                   [ "$(cat -- "$MESHTEST_LOCK" 2>/dev/null)" = "$MESHTEST_PID" ] && rm -f -- "$MESHTEST_LOCK""#,
+                r#"trap '' INT TERM HUP; read _ ; rm -rf -- "$MESHTEST_RUN_DIR""#,
             ])
             // In the environment, not the arguments: tests look for leftovers by command line.
             .env("MESHTEST_RUN_DIR", dir)
-            .env("MESHTEST_LOCK", lock)
-            .env("MESHTEST_PID", std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -132,18 +113,20 @@ impl Drop for Janitor {
 impl RunDir {
     pub fn create(block: &Block) -> Result<RunDir> {
         use std::os::unix::fs::DirBuilderExt;
-        // Short paths: Unix socket paths must fit in 108 bytes.
         remove_stale_run_dirs();
+        // Short paths: Unix socket paths must fit in 108 bytes.
         let path =
             std::env::temp_dir().join(format!("meshtest-{}-{}", block.octet, std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
+        // Never reuse (or delete) a directory we did not create: fail instead.
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .recursive(true)
             .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+            .with_context(|| format!("creating the run directory {}", path.display()))?;
+        super::owner::Owner::current()
+            .write(&path.join(OWNER_FILE))
+            .with_context(|| format!("writing {}/{OWNER_FILE}", path.display()))?;
         // Without a janitor the directory is still swept by the next mesh start.
-        let janitor = Janitor::spawn(&path, &block.lock).ok();
+        let janitor = Janitor::spawn(&path).ok();
         Ok(RunDir { path, janitor })
     }
 }
@@ -156,22 +139,29 @@ impl Drop for RunDir {
 }
 
 /// Removes run directories of meshes whose process is gone (killed with -9, or a test binary's
-/// shared mesh that is never dropped): they hold keys.
+/// shared mesh that is never dropped): they hold keys. Only directories named like ours, owned
+/// by this user, with a valid owner record whose process is gone; anything else is left alone.
 fn remove_stale_run_dirs() {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("meshtest-") else {
+        if !name.starts_with("meshtest-") {
             continue;
-        };
-        let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+        }
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if !ours {
             continue;
-        };
-        // SAFETY: signal 0 only checks whether the process exists.
-        if rest.contains('-') && unsafe { libc::kill(pid, 0) } != 0 {
-            let _ = std::fs::remove_dir_all(entry.path());
+        }
+        if let Some(owner) = super::owner::Owner::read(&path.join(OWNER_FILE))
+            && !owner.is_alive()
+        {
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
 }

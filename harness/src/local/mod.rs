@@ -1,34 +1,40 @@
 //! The local target's embedded mesh: one real Envoy sidecar per pod on its own loopback
-//! address, an ingress gateway Envoy, a mesh CA, and the agent behind each sidecar, all
-//! configured from the manifests through `translate` and updated live by filesystem xDS.
+//! address, an ingress gateway Envoy, a mesh CA, a test JWT issuer, and the agent behind each
+//! sidecar, all configured from the manifests through `translate` and updated live by
+//! filesystem xDS.
 
 pub mod admin;
+pub mod jwks;
 pub mod layout;
+pub mod owner;
 pub mod process;
+mod proxy;
 pub mod runtime;
+pub mod state;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Parser;
-use serde::{Deserialize, Serialize};
 
-use crate::agent::{Agent, AgentArgs};
+use crate::agent::{Agent, AgentArgs, Listen, Outbound};
 use crate::manifest::Manifests;
 use crate::model::{INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT, MeshModel, Pod, spiffe_id};
 use crate::pki::{self, MeshCa};
-use crate::translate::bootstrap::{CDS_FILE, LDS_FILE, bootstrap};
+use crate::token::Issuer;
+use crate::translate::CertFiles;
 use crate::translate::gateway::GatewayPlacement;
-use crate::translate::proxy::{self, SidecarPlacement};
-use crate::translate::{CertFiles, EnvoyConfig};
+use crate::translate::proxy::{self as envoy_config, SidecarPlacement};
 
-use layout::{ADMIN_PORT, Block, RunDir, write_atomic};
-use process::Supervised;
+use layout::{Block, RunDir};
+use owner::Owner;
+pub use proxy::Death;
+use proxy::Proxy;
 use runtime::MeshThread;
+pub use state::{IngressState, PodState, Recorded, State};
 
 /// How long a proxy may take to load its config before start-up fails.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -42,20 +48,10 @@ pub struct LocalOptions {
     pub envoy: Option<PathBuf>,
 }
 
-/// One running proxy.
-struct Proxy {
-    name: String,
-    admin: SocketAddr,
-    dir: PathBuf,
-    process: Supervised,
-    /// Last config written, to skip proxies a change does not touch.
-    written: Mutex<EnvoyConfig>,
-}
-
 /// A pod: its sidecar and the agent behind it.
 pub struct LocalPod {
     pub pod: Pod,
-    pub address: SocketAddr,
+    pub ip: IpAddr,
     pub control: PathBuf,
     placement: SidecarPlacement,
     proxy: Proxy,
@@ -63,8 +59,14 @@ pub struct LocalPod {
 }
 
 impl LocalPod {
-    pub fn admin(&self) -> SocketAddr {
-        self.proxy.admin
+    /// The sidecar's admin socket.
+    pub fn admin(&self) -> &Path {
+        &self.proxy.admin
+    }
+
+    /// The sidecar's Envoy process.
+    pub fn proxy_pid(&self) -> u32 {
+        self.proxy.pid()
     }
 }
 
@@ -76,7 +78,11 @@ pub struct LocalMesh {
     ingress_certs: CertFiles,
     gateway_ports: GatewayPorts,
     ca_file: PathBuf,
+    issuer_key: PathBuf,
     version: Mutex<u64>,
+    deaths: Arc<Mutex<Vec<Death>>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    owner: Owner,
     /// Runs the agents and owns the Envoys' parent thread; dropped after them.
     _thread: MeshThread,
     // Dropped last: the processes above must be gone before their files and block are.
@@ -87,7 +93,7 @@ pub struct LocalMesh {
 /// The ingress gateway's placement: Gateway ports on the block's ingress address.
 #[derive(Clone)]
 struct GatewayPorts {
-    ip: std::net::Ipv4Addr,
+    ip: Ipv4Addr,
     credentials: PathBuf,
 }
 
@@ -104,39 +110,10 @@ impl GatewayPlacement for GatewayPorts {
     }
 }
 
-/// The part of a running mesh another `meshtest` process needs (state.json).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct State {
-    pub pid: u32,
-    pub mesh_dir: PathBuf,
-    pub run_dir: PathBuf,
-    pub ca: PathBuf,
-    pub ingress: IngressState,
-    pub pods: Vec<PodState>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct IngressState {
-    pub http: Option<String>,
-    pub https: Option<String>,
-    pub admin: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PodState {
-    pub name: String,
-    pub namespace: String,
-    pub service: String,
-    pub version: String,
-    pub sa: String,
-    pub address: String,
-    pub admin: String,
-    pub control: String,
-}
-
 impl LocalMesh {
-    /// Loads the manifests, mints identities, starts every proxy and agent, and returns once
-    /// every proxy reports LIVE.
+    /// Loads the manifests, mints identities and the test issuer, starts every proxy and
+    /// agent, resolves jwksUris as istiod would, and returns once every proxy reports LIVE with
+    /// the resolved config.
     pub async fn start(opts: &LocalOptions) -> Result<LocalMesh> {
         let manifests = Manifests::load_dir(&opts.mesh_dir)?;
         let model = MeshModel::build(manifests)?;
@@ -149,6 +126,9 @@ impl LocalMesh {
         let run = RunDir::create(&block)?;
         let certs_dir = run.path.join("certs");
         let ca = MeshCa::generate("meshtest mesh root")?;
+        let issuer = Issuer::generate()?;
+        let issuer_key = run.path.join("issuer.key");
+        issuer.save(&issuer_key)?;
 
         let ingress_leaf =
             ca.issue_workload(&spiffe_id(INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT))?;
@@ -159,21 +139,7 @@ impl LocalMesh {
             ip: block.ingress_ip(),
             credentials: certs_dir.join("credentials"),
         };
-        for gw in &model.manifests.gateways {
-            for server in &gw.spec.servers {
-                if let Some(name) = server
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.credential_name.as_deref())
-                {
-                    let leaf = ca.issue_server(
-                        &["localhost"],
-                        &[std::net::IpAddr::V4(block.ingress_ip())],
-                    )?;
-                    pki::write_leaf(&gateway_ports.credentials, name, &leaf, &ca)?;
-                }
-            }
-        }
+        issue_gateway_credentials(&model, &ca, &gateway_ports)?;
 
         // Agents first, so sidecars find their apps listening.
         let mut prepared = Vec::new();
@@ -182,56 +148,33 @@ impl LocalMesh {
             std::fs::create_dir_all(&dir)?;
             let leaf = ca.issue_workload(&pod.spiffe_id())?;
             let certs = pki::write_leaf(&certs_dir, &pod.name, &leaf, &ca)?;
-            let address = SocketAddr::from((
-                block.pod_ip(&model, pod),
-                model.service(&pod.service).expect("service").target_port,
-            ));
             let placement = SidecarPlacement {
-                inbound: address,
+                ip: IpAddr::V4(block.pod_ip(&model, pod)),
                 outbound: dir.join("o.sock"),
-                app: dir.join("a.sock"),
+                app_dir: dir.clone(),
                 certs,
             };
             let control = dir.join("c.sock");
             let agent = {
-                let (pod, placement, control) = (pod.clone(), placement.clone(), control.clone());
-                thread
-                    .run(async move { start_agent(&pod, &placement, &control).await })
-                    .await??
+                let config = agent_config(&model, pod, &placement, &control, issuer.jwks())?;
+                thread.run(Agent::start(config)).await??
             };
             prepared.push((pod.clone(), dir, placement, control, agent));
         }
 
-        let endpoints = |p: &Pod| {
-            SocketAddr::from((
-                block.pod_ip(&model, p),
-                model.service(&p.service).expect("service").target_port,
-            ))
-        };
+        let endpoints = |p: &Pod| IpAddr::V4(block.pod_ip(&model, p));
         let mut pods = Vec::new();
         for (pod, dir, placement, control, agent) in prepared {
-            let config = proxy::sidecar(&model, &pod, &placement, &endpoints)?;
-            let admin = SocketAddr::new(placement.inbound.ip(), ADMIN_PORT);
+            let config = envoy_config::sidecar(&model, &pod, &placement, &endpoints)?;
             let node = format!(
                 "sidecar~{}~{}.{}~{}.svc.cluster.local",
-                placement.inbound.ip(),
-                pod.name,
-                pod.namespace,
-                pod.namespace
+                placement.ip, pod.name, pod.namespace, pod.namespace
             );
-            let proxy = spawn_proxy(
-                &thread,
-                &envoy,
-                &pod.name,
-                &node,
-                &format!("{}.{}", pod.service, pod.namespace),
-                admin,
-                &dir,
-                config,
-            )
-            .await?;
+            let cluster = format!("{}.{}", pod.service, pod.namespace);
+            let proxy =
+                Proxy::spawn(&thread, &envoy, &pod.name, &node, &cluster, &dir, config).await?;
             pods.push(LocalPod {
-                address: placement.inbound,
+                ip: placement.ip,
                 control,
                 placement,
                 proxy,
@@ -242,63 +185,75 @@ impl LocalMesh {
         let ingress_dir = run.path.join("ingress");
         std::fs::create_dir_all(&ingress_dir)?;
         let ingress_config =
-            proxy::ingress_gateway(&model, &ingress_certs, &gateway_ports, &endpoints)?;
-        let ingress_admin = SocketAddr::from((block.ingress_ip(), ADMIN_PORT));
-        let ingress = spawn_proxy(
+            envoy_config::ingress_gateway(&model, &ingress_certs, &gateway_ports, &endpoints)?;
+        let node = format!(
+            "router~{}~istio-ingressgateway.{INGRESS_NAMESPACE}~{INGRESS_NAMESPACE}.svc.cluster.local",
+            block.ingress_ip()
+        );
+        let ingress = Proxy::spawn(
             &thread,
             &envoy,
             "istio-ingressgateway",
-            &format!(
-                "router~{}~istio-ingressgateway.{INGRESS_NAMESPACE}~{INGRESS_NAMESPACE}.svc.cluster.local",
-                block.ingress_ip()
-            ),
+            &node,
             "istio-ingressgateway.istio-system",
-            ingress_admin,
             &ingress_dir,
             ingress_config,
         )
         .await?;
-        let mut mesh = LocalMesh {
+        let watched = pods
+            .iter()
+            .map(|p| p.proxy.watched())
+            .chain(std::iter::once(ingress.watched()))
+            .collect();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deaths = proxy::watch(&thread, watched, stopping.clone());
+        let mesh = LocalMesh {
             model: Mutex::new(model),
             pods,
             ingress,
             ingress_certs,
             gateway_ports,
             ca_file,
+            issuer_key,
             version: Mutex::new(1),
+            deaths,
+            stopping,
+            owner: Owner::current(),
             _thread: thread,
             run,
             block,
         };
         mesh.wait_ready().await?;
+        // istiod pushes config first and fetches key sets in the background; so do we.
+        let manifests = mesh.model().manifests;
+        mesh.apply(manifests).await?;
         Ok(mesh)
     }
 
-    async fn wait_ready(&mut self) -> Result<()> {
+    async fn wait_ready(&self) -> Result<()> {
         let started = Instant::now();
-        let proxies: Vec<&mut Proxy> = self
+        let proxies = self
             .pods
-            .iter_mut()
-            .map(|p| &mut p.proxy)
-            .chain(std::iter::once(&mut self.ingress))
-            .collect();
+            .iter()
+            .map(|p| &p.proxy)
+            .chain(std::iter::once(&self.ingress));
         for proxy in proxies {
             loop {
-                if let Some(status) = proxy.process.exited() {
+                if let Some(status) = proxy.exited() {
                     bail!(
                         "Envoy for {} exited during start-up ({status}); its log:\n{}",
                         proxy.name,
-                        tail_log(&proxy.dir)
+                        proxy.log_tail()
                     );
                 }
-                if admin::is_live(proxy.admin).await {
+                if admin::is_live(&proxy.admin).await {
                     break;
                 }
                 if started.elapsed() > READY_DEADLINE {
                     bail!(
                         "Envoy for {} was not LIVE within {READY_DEADLINE:?}; its log:\n{}",
                         proxy.name,
-                        tail_log(&proxy.dir)
+                        proxy.log_tail()
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -307,59 +262,61 @@ impl LocalMesh {
         Ok(())
     }
 
-    /// Re-translates `manifests` and hands every changed proxy its new config without a restart.
-    /// Workloads must be the same as at start (pods are processes; adding one needs a restart).
+    /// Re-translates `manifests` (fetching any jwksUri not fetched before) and hands every
+    /// changed proxy its new config without a restart. Workloads must be the same as at start
+    /// (pods are processes; adding one needs a restart).
     pub async fn apply(&self, manifests: Manifests) -> Result<()> {
-        let model = MeshModel::build(manifests)?;
+        let mut model = MeshModel::build(manifests)?;
         {
             let current = self.model.lock().expect("model lock");
             if model.pods != current.pods || model.services != current.services {
                 bail!("workloads (Deployments/Services) changed: restart the mesh to apply them");
             }
+            let uris = model.jwks_uris();
+            model.jwks = current.jwks.clone();
+            model.jwks.retain(|uri, _| uris.contains(uri));
+        }
+        let block = &self.block;
+        let missing: Vec<String> = model
+            .jwks_uris()
+            .into_iter()
+            .filter(|u| !model.jwks.contains_key(u))
+            .collect();
+        if !missing.is_empty() {
+            let pod_ip = |p: &Pod| IpAddr::V4(block.pod_ip(&model, p));
+            let (fetched, warnings) = jwks::resolve(&model, &pod_ip).await;
+            for w in warnings {
+                eprintln!("meshtest: warning: {w}");
+            }
+            model.jwks.extend(fetched);
         }
         let version = {
             let mut v = self.version.lock().expect("version lock");
             *v += 1;
             *v
         };
-        let block = &self.block;
-        let endpoints = |p: &Pod| {
-            SocketAddr::from((
-                block.pod_ip(&model, p),
-                model.service(&p.service).expect("service").target_port,
-            ))
-        };
+        let endpoints = |p: &Pod| IpAddr::V4(block.pod_ip(&model, p));
         let mut changed = Vec::new();
         for lp in &self.pods {
-            let config = proxy::sidecar(&model, &lp.pod, &lp.placement, &endpoints)?;
+            let config = envoy_config::sidecar(&model, &lp.pod, &lp.placement, &endpoints)?;
             if config != *lp.proxy.written.lock().expect("written lock") {
                 changed.push((&lp.proxy, config));
             }
         }
-        let ingress =
-            proxy::ingress_gateway(&model, &self.ingress_certs, &self.gateway_ports, &endpoints)?;
+        let ingress = envoy_config::ingress_gateway(
+            &model,
+            &self.ingress_certs,
+            &self.gateway_ports,
+            &endpoints,
+        )?;
         if ingress != *self.ingress.written.lock().expect("written lock") {
             changed.push((&self.ingress, ingress));
         }
         for (proxy, config) in &changed {
-            write_xds(&proxy.dir, config, version)?;
+            proxy.write_config(config, version)?;
         }
         for (proxy, config) in &changed {
-            // Applied when Envoy reports the new version for both LDS and CDS.
-            let want = Some(version.to_string());
-            let applied = admin::wait_until(APPLY_DEADLINE, || async {
-                admin::xds_versions(proxy.admin)
-                    .await
-                    .is_ok_and(|(lds, cds)| lds == want && cds == want)
-            })
-            .await;
-            if !applied {
-                bail!(
-                    "Envoy for {} did not take config version {version} within {APPLY_DEADLINE:?}; its log:\n{}",
-                    proxy.name,
-                    tail_log(&proxy.dir)
-                );
-            }
+            wait_applied(proxy, version).await?;
             *proxy.written.lock().expect("written lock") = config.clone();
         }
         *self.model.lock().expect("model lock") = model;
@@ -378,6 +335,11 @@ impl LocalMesh {
         self.pods.iter().filter(move |p| p.pod.service == service)
     }
 
+    /// Proxies that exited while the mesh ran.
+    pub fn deaths(&self) -> Vec<Death> {
+        self.deaths.lock().expect("deaths lock").clone()
+    }
+
     pub fn state(&self, mesh_dir: &Path) -> State {
         let model = self.model.lock().expect("model lock");
         let port_of = |protocol: &str| {
@@ -390,14 +352,15 @@ impl LocalMesh {
                 .map(|s| self.block.gateway_listen(s.port.number).to_string())
         };
         State {
-            pid: std::process::id(),
+            owner: self.owner.clone(),
             mesh_dir: mesh_dir.to_path_buf(),
             run_dir: self.run.path.clone(),
             ca: self.ca_file.clone(),
+            issuer_key: self.issuer_key.clone(),
             ingress: IngressState {
                 http: port_of("HTTP"),
                 https: port_of("HTTPS"),
-                admin: self.ingress.admin.to_string(),
+                admin: self.ingress.admin.clone(),
             },
             pods: self
                 .pods
@@ -408,9 +371,10 @@ impl LocalMesh {
                     service: p.pod.service.clone(),
                     version: p.pod.version.clone(),
                     sa: p.pod.service_account.clone(),
-                    address: p.address.to_string(),
-                    admin: p.proxy.admin.to_string(),
-                    control: format!("unix:{}", p.control.display()),
+                    ip: p.ip.to_string(),
+                    ports: p.pod.ports.clone(),
+                    admin: p.proxy.admin.clone(),
+                    control: p.control.clone(),
                 })
                 .collect(),
         }
@@ -418,18 +382,20 @@ impl LocalMesh {
 
     /// Kills every proxy now (also done on drop).
     pub fn stop(&mut self) {
-        for p in &mut self.pods {
-            p.proxy.process.kill();
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for p in &self.pods {
+            p.proxy.kill();
         }
-        self.ingress.process.kill();
+        self.ingress.kill();
     }
 
     /// PIDs of the Envoy processes (for leak checks).
     pub fn envoy_pids(&self) -> Vec<u32> {
         self.pods
             .iter()
-            .map(|p| p.proxy.process.pid())
-            .chain(std::iter::once(self.ingress.process.pid()))
+            .map(|p| p.proxy.pid())
+            .chain(std::iter::once(self.ingress.pid()))
             .collect()
     }
 }
@@ -440,7 +406,51 @@ impl Drop for LocalMesh {
     }
 }
 
-async fn start_agent(pod: &Pod, placement: &SidecarPlacement, control: &Path) -> Result<Agent> {
+/// Waits until a proxy reports `version` for both LDS and CDS.
+async fn wait_applied(proxy: &Proxy, version: u64) -> Result<()> {
+    let want = Some(version.to_string());
+    let applied = admin::wait_until(APPLY_DEADLINE, || async {
+        admin::xds_versions(&proxy.admin)
+            .await
+            .is_ok_and(|(lds, cds)| lds == want && cds == want)
+    })
+    .await;
+    if applied {
+        return Ok(());
+    }
+    bail!(
+        "Envoy for {} did not take config version {version} within {APPLY_DEADLINE:?}; its log:\n{}",
+        proxy.name,
+        proxy.log_tail()
+    )
+}
+
+/// A server certificate for each Gateway server's `credentialName` (the local stand-in for the
+/// Kubernetes TLS secret).
+fn issue_gateway_credentials(model: &MeshModel, ca: &MeshCa, ports: &GatewayPorts) -> Result<()> {
+    for gw in &model.manifests.gateways {
+        for server in &gw.spec.servers {
+            if let Some(name) = server
+                .tls
+                .as_ref()
+                .and_then(|t| t.credential_name.as_deref())
+            {
+                let leaf = ca.issue_server(&["localhost"], &[IpAddr::V4(ports.ip)])?;
+                pki::write_leaf(&ports.credentials, name, &leaf, ca)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The agent of `pod` as its container args declare it, placed behind its sidecar's sockets.
+fn agent_config(
+    model: &MeshModel,
+    pod: &Pod,
+    placement: &SidecarPlacement,
+    control: &Path,
+    jwks: &str,
+) -> Result<crate::agent::AgentConfig> {
     let (first, rest) = pod.args.split_first().ok_or_else(|| {
         anyhow!(
             "pod {}: the container has no args; expected `agent ...`",
@@ -458,79 +468,28 @@ async fn start_agent(pod: &Pod, placement: &SidecarPlacement, control: &Path) ->
         #[command(flatten)]
         args: AgentArgs,
     }
-    let mut args =
+    let args =
         Wrapper::try_parse_from(std::iter::once("agent".to_string()).chain(rest.iter().cloned()))
             .map_err(|e| anyhow!("pod {}: bad agent args: {e}", pod.name))?
             .args;
+    let mut config = args.into_config()?;
     // Locally the agent sits behind its sidecar's Unix sockets instead of the pod's ports.
-    args.listen = crate::agent::Listen::Unix(placement.app.clone());
-    args.control = crate::agent::Listen::Unix(control.to_path_buf());
-    args.outbound = Some(placement.outbound.clone());
-    args.service = pod.service.clone();
-    args.version = pod.version.clone();
-    args.pod = pod.name.clone();
-    args.namespace = pod.namespace.clone();
-    Agent::start(args.into_config()).await
-}
-
-fn write_xds(dir: &Path, config: &EnvoyConfig, version: u64) -> Result<()> {
-    // Clusters first: a listener may route to a cluster that is new in this version.
-    write_atomic(
-        &dir.join(CDS_FILE),
-        &serde_json::to_vec_pretty(&config.cds(version))?,
-    )?;
-    write_atomic(
-        &dir.join(LDS_FILE),
-        &serde_json::to_vec_pretty(&config.lds(version))?,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn spawn_proxy(
-    thread: &MeshThread,
-    envoy: &Path,
-    name: &str,
-    node: &str,
-    cluster: &str,
-    admin: SocketAddr,
-    dir: &Path,
-    config: EnvoyConfig,
-) -> Result<Proxy> {
-    write_xds(dir, &config, 1)?;
-    let boot = dir.join("bootstrap.json");
-    std::fs::write(
-        &boot,
-        serde_json::to_vec_pretty(&bootstrap(node, cluster, admin, dir))?,
-    )
-    .context("writing bootstrap")?;
-    let mut cmd = Command::new(envoy);
-    cmd.arg("-c")
-        .arg(&boot)
-        .args([
-            "--concurrency",
-            "1",
-            "--disable-hot-restart",
-            "--log-level",
-            "warn",
-            "--drain-time-s",
-            "1",
-        ])
-        .args(["--service-node", name]);
-    let (label, log) = (format!("envoy ({name})"), dir.join("envoy.log"));
-    let process = thread
-        .run(async move { Supervised::spawn(&label, cmd, &log) })
-        .await??;
-    Ok(Proxy {
-        name: name.to_string(),
-        admin,
-        dir: dir.to_path_buf(),
-        process,
-        written: Mutex::new(config),
-    })
-}
-
-fn tail_log(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+    config.listen = pod
+        .ports
+        .iter()
+        .map(|&port| (port, Listen::Unix(placement.app_socket(port))))
+        .collect();
+    config.control = Listen::Unix(control.to_path_buf());
+    config.outbound = Outbound::Sidecar(placement.outbound.clone());
+    config.service = pod.service.clone();
+    config.version = pod.version.clone();
+    config.pod = pod.name.clone();
+    config.namespace = pod.namespace.clone();
+    config.service_ports = model
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.default_port().port))
+        .collect();
+    config.jwks = Some(jwks.to_string());
+    Ok(config)
 }

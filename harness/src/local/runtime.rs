@@ -47,6 +47,14 @@ impl MeshThread {
         })
     }
 
+    /// Runs `fut` on the mesh thread in the background, until it ends or the mesh stops.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(fut));
+    }
+
     /// Runs `fut` on the mesh thread and waits for its result.
     pub async fn run<F, T>(&self, fut: F) -> Result<T>
     where

@@ -28,6 +28,9 @@ pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(default)]
     pub mtls: Option<PeerMtls>,
+    /// Per workload port (the pod's port, not the Service's); only with a selector.
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<u32, PeerMtls>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -106,6 +109,11 @@ pub struct AuthzTo {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthzOperation {
+    /// Destination ports (strings, as Istio writes them).
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub not_ports: Vec<String>,
     #[serde(default)]
     pub paths: Vec<String>,
     #[serde(default)]
@@ -131,9 +139,12 @@ pub struct JwtRule {
     pub issuer: String,
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// Inline JWKS (a JSON string). `jwksUri` is refused: the embedded mesh does not fetch keys.
+    /// Inline JWKS (a JSON string).
     #[serde(default)]
     pub jwks: Option<String>,
+    /// Where istiod fetches the JWKS from (and inlines it into the proxies' config).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
     #[serde(default)]
     pub forward_original_token: bool,
     #[serde(default)]

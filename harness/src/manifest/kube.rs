@@ -95,5 +95,50 @@ pub struct ServicePort {
     pub name: Option<String>,
     pub port: u16,
     #[serde(default)]
-    pub target_port: Option<u16>,
+    pub target_port: Option<IntOrString>,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+/// Kubernetes' IntOrString, as `targetPort` uses it: a port number or a container port's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntOrString {
+    Int(u16),
+    String(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IntOrString;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port number (1-65535) or a container port name")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IntOrString, E> {
+                match u16::try_from(v) {
+                    Ok(p) if p > 0 => Ok(IntOrString::Int(p)),
+                    _ => Err(E::custom(format!("port {v} is outside 1-65535"))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IntOrString, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("port {v} is outside 1-65535"))),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IntOrString, E> {
+                match v.parse::<u64>() {
+                    // A quoted number is still a number to Kubernetes' IntOrString? No: it is
+                    // a name, and names must not be all digits; refuse it rather than guess.
+                    Ok(_) => Err(E::custom(format!(
+                        "`{v}` is a quoted number; write the port number unquoted or use a container port name"
+                    ))),
+                    Err(_) if v.is_empty() => Err(E::custom("empty port name")),
+                    Err(_) => Ok(IntOrString::String(v.to_string())),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

@@ -335,6 +335,6 @@ mod tests {
         let m = Manifests::load_dir(&dir).unwrap();
         assert_eq!(m.services.len(), 6);
         assert_eq!(m.deployments.len(), 7);
-        assert_eq!(m.peer_authentications.len(), 1);
+        assert_eq!(m.peer_authentications.len(), 2);
     }
 }

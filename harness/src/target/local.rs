@@ -6,18 +6,23 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
 
-use super::{Call, From, PodInfo, Target, Transport};
+use super::{Call, From, PodInfo, Target, Transport, split_port};
 use crate::agent::Fault;
-use crate::agent::control::CallOrder;
+use crate::agent::control::{AgentStats, CallOrder};
 use crate::client::{self, Dial, Request};
-use crate::local::{LocalMesh, State, admin};
+use crate::local::{LocalMesh, PodState, State, admin};
 use crate::manifest::Manifests;
 use crate::outcome::Outcome;
 use crate::tls;
+use crate::token::{Issuer, TokenSpec};
+
+/// ALPN a sidecar offers on mesh mTLS (Istio's, so PERMISSIVE ports pick the mTLS chain).
+const MESH_ALPN: [&str; 3] = ["istio-http/1.1", "istio", "http/1.1"];
 
 pub struct LocalTarget {
     state: State,
     ca_pem: String,
+    issuer: Issuer,
     /// Present when this process owns the mesh (tests, `meshtest run`).
     mesh: Option<LocalMesh>,
     /// The manifests the mesh was started from.
@@ -27,25 +32,25 @@ pub struct LocalTarget {
 impl LocalTarget {
     pub fn owning(mesh: LocalMesh, mesh_dir: &std::path::Path) -> Result<LocalTarget> {
         let state = mesh.state(mesh_dir);
-        let ca_pem = std::fs::read_to_string(&state.ca).context("reading the mesh CA")?;
         let declared = mesh.model().manifests;
-        Ok(LocalTarget {
-            state,
-            ca_pem,
-            mesh: Some(mesh),
-            declared,
-        })
+        LocalTarget::new(state, Some(mesh), declared)
     }
 
     /// Attaches to a mesh another process runs (`meshtest up`).
     pub fn attach(state: State) -> Result<LocalTarget> {
+        let declared = Manifests::load_dir(&state.mesh_dir)?;
+        LocalTarget::new(state, None, declared)
+    }
+
+    fn new(state: State, mesh: Option<LocalMesh>, declared: Manifests) -> Result<LocalTarget> {
         let ca_pem = std::fs::read_to_string(&state.ca)
             .with_context(|| format!("reading the mesh CA {}", state.ca.display()))?;
-        let declared = Manifests::load_dir(&state.mesh_dir)?;
+        let issuer = Issuer::load(&state.issuer_key)?;
         Ok(LocalTarget {
             state,
             ca_pem,
-            mesh: None,
+            issuer,
+            mesh,
             declared,
         })
     }
@@ -58,8 +63,8 @@ impl LocalTarget {
         self.mesh.as_ref()
     }
 
-    /// A service's first pod, or the pod of that name.
-    fn pod(&self, name: &str) -> Result<&crate::local::PodState> {
+    /// The pod of that name, or a service's first pod.
+    fn pod(&self, name: &str) -> Result<&PodState> {
         self.state
             .pods
             .iter()
@@ -76,20 +81,40 @@ impl LocalTarget {
             })
     }
 
-    fn control(&self, pod: &str) -> Result<PathBuf> {
-        let p = self.pod(pod)?;
-        Ok(PathBuf::from(
-            p.control.strip_prefix("unix:").unwrap_or(&p.control),
-        ))
+    /// A pod's address at `port` (its first port when `None`); the port must be one it serves.
+    fn pod_address(&self, pod: &PodState, port: Option<u16>) -> Result<SocketAddr> {
+        let port = match port {
+            Some(p) if pod.ports.contains(&p) => p,
+            Some(p) => bail!(
+                "pod {} does not serve port {p} (its ports: {:?})",
+                pod.name,
+                pod.ports
+            ),
+            None => *pod.ports.first().context("a pod without ports")?,
+        };
+        format!("{}:{port}", pod.ip)
+            .parse()
+            .context("pod address in state")
     }
 
-    fn admin(&self, proxy: &str) -> Result<SocketAddr> {
-        let addr = if proxy == "istio-ingressgateway" {
-            &self.state.ingress.admin
-        } else {
-            &self.pod(proxy)?.admin
+    fn admin(&self, proxy: &str) -> Result<PathBuf> {
+        if proxy == "istio-ingressgateway" {
+            return Ok(self.state.ingress.admin.clone());
+        }
+        Ok(self.pod(proxy)?.admin.clone())
+    }
+
+    /// A client identity from the mesh's own CA: the ingress gateway's certificate.
+    fn mesh_identity(&self) -> Result<(String, String)> {
+        let dir = self.state.run_dir.join("certs");
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .with_context(|| format!("reading {}", dir.join(f).display()))
         };
-        addr.parse().context("admin address in state")
+        Ok((
+            read("istio-ingressgateway.crt")?,
+            read("istio-ingressgateway.key")?,
+        ))
     }
 
     async fn control_call(
@@ -105,13 +130,38 @@ impl LocalTarget {
         req.headers
             .push(("content-type".into(), "application/json".into()));
         req.timeout = std::time::Duration::from_secs(620);
-        let outcome = client::send(&Dial::Unix(self.control(pod)?), &req).await;
+        let outcome = client::send(&Dial::Unix(self.pod(pod)?.control.clone()), &req).await;
         match outcome {
             Outcome::Response { status: 200, .. } => Ok(outcome),
             other => bail!(
                 "agent of {pod}: control {method} {path}: {}",
                 other.summary()
             ),
+        }
+    }
+
+    fn outside_dial(&self, transport: Transport, pod: &PodState, addr: SocketAddr) -> Result<Dial> {
+        let tls = |identity: Option<(String, String)>, alpn: &[&str]| -> Result<Dial> {
+            let id = identity.as_ref().map(|(cert, key)| tls::ClientIdentity {
+                cert_pem: cert,
+                key_pem: key,
+            });
+            Ok(Dial::Tls {
+                addr,
+                config: tls::client_config(&self.ca_pem, id, alpn)?,
+                server_name: pod.service.clone(),
+            })
+        };
+        match transport {
+            Transport::Plaintext => Ok(Dial::Tcp(addr)),
+            Transport::TlsNoCert => tls(None, &["http/1.1"]),
+            Transport::TlsForeignCert => {
+                let foreign = crate::pki::MeshCa::generate("impostor root")?;
+                let leaf =
+                    foreign.issue_workload(&crate::model::spiffe_id(&pod.namespace, &pod.sa))?;
+                tls(Some((leaf.cert_pem, leaf.key_pem)), &["http/1.1"])
+            }
+            Transport::MeshIdentity => tls(Some(self.mesh_identity()?), &MESH_ALPN),
         }
     }
 }
@@ -132,20 +182,28 @@ impl Target for LocalTarget {
                 version: p.version.clone(),
                 service_account: p.sa.clone(),
                 namespace: p.namespace.clone(),
-                address: p.address.clone(),
+                ip: p.ip.clone(),
+                ports: p.ports.clone(),
             })
             .collect()
     }
 
     async fn call(&self, call: &Call) -> Result<Outcome> {
-        let mut req = Request::get(&call.to, &call.path);
+        let (name, port) = split_port(&call.to);
+        let mut req = Request::get(name, &call.path);
         req.method = call.method.clone();
         req.headers = call.headers.clone();
         req.timeout = call.timeout;
         match &call.from {
             From::Workload(from) => {
+                // Validate the caller and the callee before asking the agent.
+                self.pod(from)?;
+                let to = self.pod(name)?;
                 let order = CallOrder {
-                    to: self.pod(&call.to)?.service.clone(),
+                    to: match port {
+                        Some(p) => format!("{}:{p}", to.service),
+                        None => to.service.clone(),
+                    },
                     path: call.path.clone(),
                     method: call.method.clone(),
                     headers: call.headers.clone(),
@@ -159,33 +217,10 @@ impl Target for LocalTarget {
                     .context("agent's call outcome")
             }
             From::Outside(transport) => {
-                let pod = self.pod(&call.to)?;
-                let addr: SocketAddr = pod.address.parse().context("pod address")?;
+                let pod = self.pod(name)?;
+                let addr = self.pod_address(pod, port)?;
                 req.host = format!("{}:{}", pod.service, addr.port());
-                let dial = match transport {
-                    Transport::Plaintext => Dial::Tcp(addr),
-                    Transport::TlsNoCert => Dial::Tls {
-                        addr,
-                        config: tls::client_config(&self.ca_pem, None, &["http/1.1"])?,
-                        server_name: pod.service.clone(),
-                    },
-                    Transport::TlsForeignCert => {
-                        let foreign = crate::pki::MeshCa::generate("impostor root")?;
-                        let leaf = foreign.issue_workload(&format!(
-                            "spiffe://cluster.local/ns/pyairtable/sa/{}",
-                            pod.sa
-                        ))?;
-                        let id = tls::ClientIdentity {
-                            cert_pem: &leaf.cert_pem,
-                            key_pem: &leaf.key_pem,
-                        };
-                        Dial::Tls {
-                            addr,
-                            config: tls::client_config(&self.ca_pem, Some(id), &["http/1.1"])?,
-                            server_name: pod.service.clone(),
-                        }
-                    }
-                };
+                let dial = self.outside_dial(*transport, pod, addr)?;
                 Ok(client::send(&dial, &req).await)
             }
             From::Ingress { https } => {
@@ -219,10 +254,21 @@ impl Target for LocalTarget {
             .map(|_| ())
     }
 
+    async fn agent_stats(&self, pod: &str) -> Result<AgentStats> {
+        let resp = self
+            .control_call(pod, "GET", "/stats", String::new())
+            .await?;
+        serde_json::from_str(resp.body().unwrap_or_default())
+            .with_context(|| format!("agent of {pod}: /stats"))
+    }
+
+    async fn mint_token(&self, spec: &TokenSpec) -> Result<String> {
+        self.issuer.mint(spec)
+    }
+
     async fn proxy_admin(&self, proxy: &str, method: &str, path: &str) -> Result<String> {
         match method {
-            "GET" => admin::get(self.admin(proxy)?, path).await,
-            "POST" => admin::post(self.admin(proxy)?, path).await,
+            "GET" | "POST" => admin::request(&self.admin(proxy)?, method, path).await,
             other => bail!("admin method {other} is not supported"),
         }
     }

@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Fault;
+use crate::agent::control::AgentStats;
 use crate::manifest::Manifests;
 use crate::outcome::Outcome;
+use crate::token::TokenSpec;
 
 /// Where a call starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,15 +32,20 @@ pub enum Transport {
     Plaintext,
     /// TLS, presenting no client certificate.
     TlsNoCert,
-    /// TLS, presenting a certificate from a CA the mesh does not trust.
+    /// TLS, presenting a certificate from a CA the mesh does not trust (with the pod's own
+    /// SPIFFE identity, so only the CA is wrong).
     TlsForeignCert,
+    /// Mutual TLS with a certificate the mesh's CA issued (the ingress gateway's identity):
+    /// how a step proves that the proxy which refused something is alive and speaking mTLS.
+    MeshIdentity,
 }
 
 /// A call to make: from somewhere, to a service (or a specific pod), at a path.
 #[derive(Debug, Clone)]
 pub struct Call {
     pub from: From,
-    /// Service or pod name (ignored for ingress calls, which the gateway routes).
+    /// SERVICE or POD, optionally `:PORT` (else the service's first port); ignored for ingress
+    /// calls, which the gateway routes.
     pub to: String,
     pub path: String,
     pub method: String,
@@ -72,7 +79,31 @@ pub struct PodInfo {
     pub version: String,
     pub service_account: String,
     pub namespace: String,
-    pub address: String,
+    pub ip: String,
+    /// The pod's ports (its service's target ports), first one first.
+    pub ports: Vec<u16>,
+}
+
+impl PodInfo {
+    /// IP:PORT of the pod's first port.
+    pub fn address(&self) -> String {
+        self.address_at(self.ports.first().copied().unwrap_or(0))
+    }
+
+    pub fn address_at(&self, port: u16) -> String {
+        format!("{}:{port}", self.ip)
+    }
+}
+
+/// "auth-service:8081" -> ("auth-service", Some(8081)); a name without a port -> (name, None).
+pub fn split_port(to: &str) -> (&str, Option<u16>) {
+    match to.rsplit_once(':') {
+        Some((name, port)) => match port.parse() {
+            Ok(p) => (name, Some(p)),
+            Err(_) => (to, None),
+        },
+        None => (to, None),
+    }
 }
 
 #[async_trait]
@@ -94,6 +125,12 @@ pub trait Target: Send + Sync {
 
     /// Sets a fault on a pod's agent (replacing any other); `Fault::default()` clears it.
     async fn set_fault(&self, pod: &str, fault: Fault) -> Result<()>;
+
+    /// What a pod's agent has served (requests received, each proxy attempt counted).
+    async fn agent_stats(&self, pod: &str) -> Result<AgentStats>;
+
+    /// A JWT signed by the test issuer whose keys this mesh trusts (or, per `spec`, a broken one).
+    async fn mint_token(&self, spec: &TokenSpec) -> Result<String>;
 
     /// Calls a proxy's Envoy admin API (`GET /stats`, `GET /clusters`, `POST /runtime_modify?k=v`):
     /// `proxy` is a pod name, or "istio-ingressgateway".
@@ -118,5 +155,5 @@ pub async fn stat(target: &dyn Target, proxy: &str, name: &str) -> Result<u64> {
             &format!("/stats?filter=^{}$", crate::regex_literal::escape(name)),
         )
         .await?;
-    Ok(crate::local::admin::parse_stat(&body, name).unwrap_or(0))
+    Ok(crate::envoy::stats::parse_stat(&body, name).unwrap_or(0))
 }

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::error::InputError;
 use crate::manifest::istio::{
     AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzRule, AuthzSource,
 };
@@ -16,7 +17,8 @@ const RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.
 
 /// The RBAC HTTP filters for a workload, in Istio's order: DENY, then ALLOW. No ALLOW policy
 /// means no ALLOW filter (everything allowed); an ALLOW policy with no rules allows nothing.
-pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Vec<Value> {
+pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Result<Vec<Value>, InputError> {
+    validate(manifests)?;
     let applicable: Vec<&Resource<AuthorizationPolicySpec>> = manifests
         .authorization_policies
         .iter()
@@ -48,7 +50,27 @@ pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Vec<Value> {
             "typed_config": {"@type": RBAC_TYPE, "rules": {"action": name, "policies": policies}},
         }));
     }
-    filters
+    Ok(filters)
+}
+
+/// Ports in rules must be port numbers (Istio's validation).
+fn validate(manifests: &Manifests) -> Result<(), InputError> {
+    for p in &manifests.authorization_policies {
+        for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
+            for (j, to) in rule.to.iter().enumerate() {
+                let o = &to.operation;
+                for port in o.ports.iter().chain(o.not_ports.iter()) {
+                    if !port.parse::<u16>().is_ok_and(|n| n > 0) {
+                        return Err(p.origin.error(
+                            &format!("spec.rules[{i}].to[{j}].operation.ports"),
+                            format!("`{port}` is not a port number (1-65535)"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn policy(rule: &AuthzRule) -> Value {
@@ -108,6 +130,13 @@ fn source(s: &AuthzSource) -> Value {
 
 fn operation(o: &AuthzOperation) -> Value {
     let mut ands = Vec::new();
+    let port = |p: &String| json!({"destination_port": p.parse::<u32>().unwrap_or(0)});
+    if !o.ports.is_empty() {
+        ands.push(or_rules(o.ports.iter().map(port).collect()));
+    }
+    if !o.not_ports.is_empty() {
+        ands.push(json!({"not_rule": or_rules(o.not_ports.iter().map(port).collect())}));
+    }
     if !o.paths.is_empty() {
         ands.push(or_rules(o.paths.iter().map(|p| path(p)).collect()));
     }
@@ -191,7 +220,7 @@ mod tests {
             namespace: "pyairtable".into(),
             labels: [("app".to_string(), app.to_string())].into(),
         };
-        rbac_filters(&m, &w)
+        rbac_filters(&m, &w).unwrap()
     }
 
     const AUTH_ONLY_FROM_GATEWAY: &str = "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: auth-service-access, namespace: pyairtable}\nspec:\n  selector: {matchLabels: {app: auth-service}}\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/pyairtable/sa/api-gateway-sa\"]\n";

@@ -1,6 +1,5 @@
 //! The static bootstrap of a local Envoy: admin, runtime, and filesystem xDS for the rest.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -8,8 +7,9 @@ use serde_json::{Value, json};
 pub const LDS_FILE: &str = "lds.json";
 pub const CDS_FILE: &str = "cds.json";
 
-/// Envoy reloads LDS/CDS when a file in `xds_dir` is replaced by a rename (see `local::xds`).
-pub fn bootstrap(node_id: &str, cluster: &str, admin: SocketAddr, xds_dir: &Path) -> Value {
+/// Envoy reloads LDS/CDS when a file in `xds_dir` is replaced by a rename. The admin API
+/// listens on the Unix socket `admin` (mode 0600, in the private run directory), never on TCP.
+pub fn bootstrap(node_id: &str, cluster: &str, admin: &Path, xds_dir: &Path) -> Value {
     let source = |file: &str| {
         json!({
             "resource_api_version": "V3",
@@ -18,7 +18,7 @@ pub fn bootstrap(node_id: &str, cluster: &str, admin: SocketAddr, xds_dir: &Path
     };
     json!({
         "node": {"id": node_id, "cluster": cluster},
-        "admin": {"address": {"socket_address": {"address": admin.ip().to_string(), "port_value": admin.port()}}},
+        "admin": {"address": {"pipe": {"path": admin, "mode": 0o600}}},
         "dynamic_resources": {"lds_config": source(LDS_FILE), "cds_config": source(CDS_FILE)},
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",

@@ -9,15 +9,14 @@ use serde_json::{Value, json};
 use crate::error::InputError;
 use crate::manifest::istio::{ClientTlsMode, DestinationRuleSpec, LbPolicy, TrafficPolicy};
 use crate::manifest::{Origin, Resource};
-use crate::model::{MeshModel, Service, labels_match};
+use crate::model::{MeshModel, Service, ServicePort, labels_match};
 
 use super::{CertFiles, Endpoints, duration};
 
 /// Istio's cluster name: outbound|PORT|SUBSET|FQDN.
-pub fn cluster_name(service: &Service, subset: Option<&str>) -> String {
+pub fn cluster_name(service: &Service, port: u16, subset: Option<&str>) -> String {
     format!(
-        "outbound|{}|{}|{}",
-        service.port,
+        "outbound|{port}|{}|{}",
         subset.unwrap_or(""),
         service.fqdn()
     )
@@ -33,36 +32,53 @@ pub fn outbound_clusters(
     for service in &model.services {
         let rule = rule_for(model, service)?;
         let top = rule.and_then(|r| r.spec.traffic_policy.as_ref());
-        clusters.push(cluster(
-            model,
-            service,
-            None,
-            &Default::default(),
-            top,
-            rule.map(|r| &r.origin),
-            certs,
-            endpoints,
-        )?);
-        for subset in rule.iter().flat_map(|r| r.spec.subsets.iter()) {
-            let policy = subset.traffic_policy.as_ref().map(|p| merge(top, p));
-            let policy = policy.as_ref().or(top);
-            clusters.push(cluster(
-                model,
+        for port in &service.ports {
+            let at = Placement {
                 service,
-                Some(&subset.name),
-                &subset.labels,
-                policy,
-                rule.map(|r| &r.origin),
+                port,
                 certs,
                 endpoints,
-            )?);
+                origin: rule.map(|r| &r.origin),
+            };
+            clusters.push(cluster(model, &at, None, &Default::default(), top)?);
+            for subset in rule.iter().flat_map(|r| r.spec.subsets.iter()) {
+                let policy = effective_policy(top, Some(subset));
+                clusters.push(cluster(
+                    model,
+                    &at,
+                    Some(&subset.name),
+                    &subset.labels,
+                    policy.as_ref(),
+                )?);
+            }
         }
     }
     Ok(clusters)
 }
 
+/// Which cluster is being built, and where its settings were declared.
+struct Placement<'a> {
+    service: &'a Service,
+    port: &'a ServicePort,
+    certs: &'a CertFiles,
+    endpoints: &'a Endpoints<'a>,
+    origin: Option<&'a Origin>,
+}
+
+/// The traffic policy in force for a subset (or the service, with `None`): a subset's own policy
+/// replaces the top-level one field by field.
+pub fn effective_policy(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&crate::manifest::istio::Subset>,
+) -> Option<TrafficPolicy> {
+    match subset.and_then(|s| s.traffic_policy.as_ref()) {
+        Some(p) => Some(merge(top, p)),
+        None => top.cloned(),
+    }
+}
+
 /// The DestinationRule for a service (at most one, as Istio merges only across namespaces).
-fn rule_for<'a>(
+pub fn rule_for<'a>(
     model: &'a MeshModel,
     service: &Service,
 ) -> Result<Option<&'a Resource<DestinationRuleSpec>>, InputError> {
@@ -94,17 +110,24 @@ fn merge(top: Option<&TrafficPolicy>, subset: &TrafficPolicy) -> TrafficPolicy {
 
 const UNSET_THRESHOLD: u32 = u32::MAX;
 
-#[allow(clippy::too_many_arguments)]
+fn threshold(declared: Option<u32>) -> u32 {
+    declared.filter(|n| *n > 0).unwrap_or(UNSET_THRESHOLD)
+}
+
 fn cluster(
     model: &MeshModel,
-    service: &Service,
+    at: &Placement<'_>,
     subset: Option<&str>,
     subset_labels: &std::collections::BTreeMap<String, String>,
     policy: Option<&TrafficPolicy>,
-    origin: Option<&Origin>,
-    certs: &CertFiles,
-    endpoints: &Endpoints<'_>,
 ) -> Result<Value, InputError> {
+    let Placement {
+        service,
+        port,
+        certs,
+        endpoints,
+        origin,
+    } = *at;
     let field_err = |field: &str, msg: &str| match origin {
         Some(o) => o.error(field, msg),
         None => InputError::new(&model.manifests.dir, msg.to_string()).field(field),
@@ -124,11 +147,10 @@ fn cluster(
     let lb_endpoints: Vec<Value> = pods
         .iter()
         .map(|p| {
-            let addr = endpoints(p);
-            json!({"endpoint": {"address": {"socket_address": {"address": addr.ip().to_string(), "port_value": addr.port()}}}})
+            json!({"endpoint": {"address": {"socket_address": {"address": endpoints(p).to_string(), "port_value": port.target_port}}}})
         })
         .collect();
-    let name = cluster_name(service, subset);
+    let name = cluster_name(service, port.port, subset);
     let pool = policy.and_then(|p| p.connection_pool.as_ref());
     let tcp = pool.and_then(|p| p.tcp.as_ref());
     let http = pool.and_then(|p| p.http.as_ref());
@@ -147,15 +169,14 @@ fn cluster(
             _ => "ROUND_ROBIN",
         },
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
+        // Istio sets a threshold only from a value > 0; 0 or unset leaves it unlimited.
         "circuit_breakers": {"thresholds": [{
-            "max_connections": tcp.and_then(|t| t.max_connections).unwrap_or(UNSET_THRESHOLD),
-            "max_pending_requests": http.and_then(|h| h.http1_max_pending_requests).unwrap_or(UNSET_THRESHOLD),
-            "max_requests": http.and_then(|h| h.http2_max_requests).unwrap_or(UNSET_THRESHOLD),
-            "max_retries": http.and_then(|h| h.max_retries).unwrap_or(UNSET_THRESHOLD),
+            "max_connections": threshold(tcp.and_then(|t| t.max_connections)),
+            "max_pending_requests": threshold(http.and_then(|h| h.http1_max_pending_requests)),
+            "max_requests": threshold(http.and_then(|h| h.http2_max_requests)),
+            "max_retries": threshold(http.and_then(|h| h.max_retries)),
             "track_remaining": true,
         }]},
-        // Istio's default minHealthPercent is 0: panic mode off, so all-ejected means "no healthy upstream".
-        "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
     });
     let mut protocol = json!({
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -198,9 +219,10 @@ fn cluster(
         if let Some(p) = o.max_ejection_percent.filter(|p| *p > 0) {
             od["max_ejection_percent"] = json!(p);
         }
-        if let Some(p) = o.min_health_percent {
-            c["common_lb_config"]["healthy_panic_threshold"]["value"] = json!(p as f64);
-        }
+        // With outlier detection Istio's minHealthPercent defaults to 0: panic mode off, so
+        // all-ejected means "no healthy upstream". Without it Envoy's 50% stays.
+        let panic = o.min_health_percent.unwrap_or(0);
+        c["common_lb_config"] = json!({"healthy_panic_threshold": {"value": panic as f64}});
         c["outlier_detection"] = od;
     }
     let tls_mode = policy
@@ -217,7 +239,7 @@ fn cluster(
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": format!("outbound_.{}_.{}_.{}", service.port, subset.unwrap_or(""), service.fqdn()),
+                "sni": format!("outbound_.{}_.{}_.{}", port.port, subset.unwrap_or(""), service.fqdn()),
                 "common_tls_context": {
                     "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
                     "alpn_protocols": ["istio-http/1.1", "istio", "http/1.1"],
@@ -234,10 +256,10 @@ fn cluster(
 mod tests {
     use super::*;
     use crate::translate::tests::{certs, model_of, pyairtable_model};
-    use std::net::SocketAddr;
+    use std::net::IpAddr;
 
-    fn endpoints() -> Box<dyn Fn(&crate::model::Pod) -> SocketAddr> {
-        Box::new(|p| SocketAddr::from(([127, 0, 1, 1 + p.ordinal as u8], 8080)))
+    fn endpoints() -> Box<dyn Fn(&crate::model::Pod) -> IpAddr> {
+        Box::new(|p| IpAddr::from([127, 0, 1, 1 + p.ordinal as u8]))
     }
 
     #[test]

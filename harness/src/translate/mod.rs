@@ -14,7 +14,7 @@ pub mod proxy;
 pub mod request_authentication;
 pub mod virtual_service;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
@@ -35,8 +35,9 @@ impl CertFiles {
     }
 }
 
-/// Where each pod's inbound listener is reachable (its endpoint in every outbound cluster).
-pub type Endpoints<'a> = dyn Fn(&Pod) -> SocketAddr + 'a;
+/// The address each pod's inbound listeners bind (at its ports): its endpoint in every
+/// outbound cluster.
+pub type Endpoints<'a> = dyn Fn(&Pod) -> IpAddr + 'a;
 
 /// The dynamic part of one proxy's config: what goes into its LDS and CDS files.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,7 +1,7 @@
 //! Assembles one proxy's listeners and clusters: a sidecar (inbound with mTLS per policy,
 //! outbound routed by Host) or the ingress gateway.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
@@ -24,13 +24,21 @@ const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.htt
 /// Where a sidecar's sockets and files are.
 #[derive(Debug, Clone)]
 pub struct SidecarPlacement {
-    /// The pod address: the inbound listener binds it at the service's target port.
-    pub inbound: SocketAddr,
+    /// The pod address: an inbound listener binds it at each of the pod's ports.
+    pub ip: IpAddr,
     /// Unix socket the app sends outbound traffic to (Istio captures it with iptables instead).
     pub outbound: PathBuf,
-    /// Unix socket the app (the agent) serves on, reachable only through this sidecar.
-    pub app: PathBuf,
+    /// Directory of the Unix sockets the app (the agent) serves each port on, reachable only
+    /// through this sidecar.
+    pub app_dir: PathBuf,
     pub certs: CertFiles,
+}
+
+impl SidecarPlacement {
+    /// The app's socket for pod port `port`.
+    pub fn app_socket(&self, port: u16) -> PathBuf {
+        self.app_dir.join(format!("a{port}.sock"))
+    }
 }
 
 pub fn inbound_cluster_name(port: u16) -> String {
@@ -74,14 +82,11 @@ fn http_filters(
 ) -> Result<Vec<Value>, InputError> {
     let mut filters = Vec::new();
     if context != Context::SidecarOutbound {
-        filters.extend(request_authentication::jwt_filter(
-            &model.manifests,
-            workload,
-        )?);
+        filters.extend(request_authentication::jwt_filter(model, workload)?);
         filters.extend(authorization_policy::rbac_filters(
             &model.manifests,
             workload,
-        ));
+        )?);
     }
     filters.extend(extra);
     filters.push(router());
@@ -97,28 +102,62 @@ fn pipe_address(path: &std::path::Path) -> Value {
     json!({"pipe": {"path": path}})
 }
 
-/// The sidecar of one pod.
+/// The sidecar of one pod: an inbound listener per pod port (mTLS as PeerAuthentication
+/// declares for that port), one outbound listener routing by Host, and the clusters.
 pub fn sidecar(
     model: &MeshModel,
     pod: &Pod,
     placement: &SidecarPlacement,
     endpoints: &Endpoints<'_>,
 ) -> Result<EnvoyConfig, InputError> {
+    peer_authentication::validate(&model.manifests)?;
     let workload = Workload::of(pod);
-    let service = model
-        .service(&pod.service)
-        .expect("pods belong to services");
-    let port = placement.inbound.port();
-    let mode = peer_authentication::effective_mode(&model.manifests, &workload);
-    let chains = peer_authentication::chains(mode);
-
     let inbound_filters = http_filters(model, &workload, Context::SidecarInbound, vec![])?;
-    let inbound_routes = json!({
+    let mut listeners = Vec::new();
+    let mut clusters = destination_rule::outbound_clusters(model, &placement.certs, endpoints)?;
+    for &port in &pod.ports {
+        let mode = peer_authentication::effective_mode(&model.manifests, &workload, port);
+        listeners.push(inbound_listener(placement, port, mode, &inbound_filters));
+        clusters.push(json!({
+            "name": inbound_cluster_name(port),
+            "type": "STATIC",
+            "connect_timeout": "10s",
+            "load_assignment": {"cluster_name": inbound_cluster_name(port), "endpoints": [{"lb_endpoints": [{"endpoint": {"address": pipe_address(&placement.app_socket(port))}}]}]},
+        }));
+    }
+
+    let outbound_filters = http_filters(model, &workload, Context::SidecarOutbound, vec![fault()])?;
+    let outbound_routes = json!({
+        "name": "outbound",
+        "virtual_hosts": virtual_service::mesh_virtual_hosts(model)?,
+        "validate_clusters": false,
+    });
+    listeners.push(json!({
+        "name": "virtualOutbound",
+        "address": pipe_address(&placement.outbound),
+        "filter_chains": [{"filters": [http_connection_manager("outbound_0.0.0.0", outbound_routes, outbound_filters, "SANITIZE_SET")]}],
+    }));
+    Ok(EnvoyConfig {
+        listeners,
+        clusters,
+    })
+}
+
+/// One inbound listener: the filter chains `mode` allows, each ending at the app's socket.
+fn inbound_listener(
+    placement: &SidecarPlacement,
+    port: u16,
+    mode: crate::manifest::istio::MtlsMode,
+    filters: &[Value],
+) -> Value {
+    let chains = peer_authentication::chains(mode);
+    let routes = json!({
         "name": inbound_cluster_name(port),
         "virtual_hosts": [{"name": format!("inbound|http|{port}"), "domains": ["*"],
             "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": inbound_cluster_name(port), "timeout": "0s"}}]}],
     });
     let stat = format!("inbound_0.0.0.0_{port}");
+    let hcm = || http_connection_manager(&stat, routes.clone(), filters.to_vec(), "APPEND_FORWARD");
     let mut filter_chains = Vec::new();
     if chains.mtls {
         let mut chain_match = json!({"transport_protocol": "tls"});
@@ -128,7 +167,7 @@ pub fn sidecar(
         filter_chains.push(json!({
             "name": "inbound-mtls",
             "filter_chain_match": chain_match,
-            "filters": [http_connection_manager(&stat, inbound_routes.clone(), inbound_filters.clone(), "APPEND_FORWARD")],
+            "filters": [hcm()],
             "transport_socket": {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
@@ -149,39 +188,15 @@ pub fn sidecar(
         filter_chains.push(json!({
             "name": "inbound-plaintext",
             "filter_chain_match": {"transport_protocol": "raw_buffer"},
-            "filters": [http_connection_manager(&stat, inbound_routes, inbound_filters, "APPEND_FORWARD")],
+            "filters": [hcm()],
         }));
     }
-    let inbound = json!({
-        "name": "virtualInbound",
-        "address": socket_address(placement.inbound),
+    json!({
+        "name": format!("virtualInbound_{port}"),
+        "address": socket_address(SocketAddr::new(placement.ip, port)),
         "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
         "filter_chains": filter_chains,
-    });
-
-    let outbound_filters = http_filters(model, &workload, Context::SidecarOutbound, vec![fault()])?;
-    let outbound_routes = json!({
-        "name": service.port.to_string(),
-        "virtual_hosts": virtual_service::mesh_virtual_hosts(model)?,
-        "validate_clusters": false,
-    });
-    let outbound = json!({
-        "name": "virtualOutbound",
-        "address": pipe_address(&placement.outbound),
-        "filter_chains": [{"filters": [http_connection_manager(&format!("outbound_0.0.0.0_{}", service.port), outbound_routes, outbound_filters, "SANITIZE_SET")]}],
-    });
-
-    let mut clusters = destination_rule::outbound_clusters(model, &placement.certs, endpoints)?;
-    clusters.push(json!({
-        "name": inbound_cluster_name(port),
-        "type": "STATIC",
-        "connect_timeout": "10s",
-        "load_assignment": {"cluster_name": inbound_cluster_name(port), "endpoints": [{"lb_endpoints": [{"endpoint": {"address": pipe_address(&placement.app)}}]}]},
-    }));
-    Ok(EnvoyConfig {
-        listeners: vec![inbound, outbound],
-        clusters,
     })
 }
 
@@ -209,15 +224,15 @@ mod tests {
 
     fn placement() -> SidecarPlacement {
         SidecarPlacement {
-            inbound: "127.0.2.1:8080".parse().unwrap(),
+            ip: "127.0.2.1".parse().unwrap(),
             outbound: "/run/p/o.sock".into(),
-            app: "/run/p/a.sock".into(),
+            app_dir: "/run/p".into(),
             certs: certs(),
         }
     }
 
     fn endpoints() -> Box<Endpoints<'static>> {
-        Box::new(|p: &Pod| SocketAddr::from(([127, 0, 1, 1 + p.ordinal as u8], 8080)))
+        Box::new(|p: &Pod| IpAddr::from([127, 0, 1, 1 + p.ordinal as u8]))
     }
 
     #[test]
@@ -250,7 +265,10 @@ mod tests {
         let hcm = &chains[0]["filters"][0]["typed_config"];
         assert_eq!(hcm["forward_client_cert_details"], "APPEND_FORWARD");
         assert_eq!(hcm["set_current_client_cert_details"]["uri"], true);
-        assert_eq!(cfg.listeners[1]["address"]["pipe"]["path"], "/run/p/o.sock");
+        assert_eq!(
+            cfg.listeners.last().unwrap()["address"]["pipe"]["path"],
+            "/run/p/o.sock"
+        );
     }
 
     struct Ports;

@@ -32,36 +32,54 @@ pub fn binds_gateway(
     })
 }
 
-/// The outbound virtual hosts of a sidecar: one per service, reachable by every name Kubernetes
-/// DNS gives it, routed by the mesh VirtualService for it or straight to its cluster.
+/// The outbound virtual hosts of a sidecar: one per service port, reachable by every name
+/// Kubernetes DNS gives the service (with the port; without it for the service's first port),
+/// routed by the mesh VirtualService for it or straight to its cluster.
 pub fn mesh_virtual_hosts(model: &MeshModel) -> Result<Vec<Value>, InputError> {
     let mut hosts = Vec::new();
     for service in &model.services {
-        let vs = model.manifests.virtual_services.iter().find(|vs| {
-            binds_mesh(&vs.spec)
-                && vs
-                    .spec
-                    .hosts
-                    .iter()
-                    .any(|h| model.resolve_host(h, vs.namespace()) == Some(service))
-        });
-        let routes = match vs {
-            Some(vs) => routes(model, vs)?,
-            None => vec![default_route(service)],
-        };
-        let names = [
-            service.name.clone(),
-            format!("{}.{}", service.name, service.namespace),
-            format!("{}.{}.svc", service.name, service.namespace),
-            service.fqdn(),
-        ];
-        let domains: Vec<String> = names
-            .iter()
-            .flat_map(|n| [n.clone(), format!("{n}:{}", service.port)])
-            .collect();
-        hosts.push(json!({"name": format!("{}:{}", service.fqdn(), service.port), "domains": domains, "routes": routes}));
+        let vs = mesh_virtual_service(model, service);
+        for (i, port) in service.ports.iter().enumerate() {
+            let routes = match vs {
+                Some(vs) => routes(model, vs, Some(port.port))?,
+                None => vec![default_route(service, port.port)],
+            };
+            let names = [
+                service.name.clone(),
+                format!("{}.{}", service.name, service.namespace),
+                format!("{}.{}.svc", service.name, service.namespace),
+                service.fqdn(),
+            ];
+            let domains: Vec<String> = names
+                .iter()
+                .flat_map(|n| {
+                    let with_port = format!("{n}:{}", port.port);
+                    if i == 0 {
+                        vec![n.clone(), with_port]
+                    } else {
+                        vec![with_port]
+                    }
+                })
+                .collect();
+            hosts.push(json!({"name": format!("{}:{}", service.fqdn(), port.port), "domains": domains, "routes": routes}));
+        }
     }
     Ok(hosts)
+}
+
+/// The VirtualService that routes the sidecars' traffic to `service`, if any.
+pub fn mesh_virtual_service<'a>(
+    model: &'a MeshModel,
+    service: &Service,
+) -> Option<&'a Resource<VirtualServiceSpec>> {
+    model.manifests.virtual_services.iter().find(|vs| {
+        binds_mesh(&vs.spec)
+            && vs
+                .spec
+                .hosts
+                .iter()
+                .any(|h| model.resolve_host(h, vs.namespace()) == Some(service))
+    })
 }
 
 /// The virtual hosts a gateway serves: every VirtualService bound to it.
@@ -83,41 +101,43 @@ pub fn gateway_virtual_hosts(
         hosts.push(json!({
             "name": format!("{}/{}", vs.namespace(), vs.name()),
             "domains": vs.spec.hosts,
-            "routes": routes(model, vs)?,
+            "routes": routes(model, vs, None)?,
         }));
     }
     Ok(hosts)
 }
 
-fn default_route(service: &Service) -> Value {
+fn default_route(service: &Service, port: u16) -> Value {
     json!({
         "name": "default",
         "match": {"prefix": "/"},
-        "route": {"cluster": cluster_name(service, None), "timeout": "0s", "retry_policy": default_retry_policy()},
+        "route": {"cluster": cluster_name(service, port, None), "timeout": "0s", "retry_policy": default_retry_policy()},
     })
 }
 
-/// Istio's retry policy when a route says nothing about retries.
-fn default_retry_policy() -> Value {
+/// Istio's retry policy when a route says nothing about retries (no retriable status codes
+/// since Istio 1.27: a 503 is not retried by default).
+pub fn default_retry_policy() -> Value {
     json!({
         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
         "num_retries": 2,
-        "retriable_status_codes": [503],
         "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
         "host_selection_retry_max_attempts": 5,
     })
 }
 
-/// All Envoy routes of one VirtualService, in order (first match wins, as in Istio).
+/// All Envoy routes of one VirtualService, in order (first match wins, as in Istio). For a
+/// sidecar's virtual host, `port` is its service port (the default for destinations naming none).
 pub fn routes(
     model: &MeshModel,
     vs: &Resource<VirtualServiceSpec>,
+    port: Option<u16>,
 ) -> Result<Vec<Value>, InputError> {
     let mut out = Vec::new();
     for (i, http) in vs.spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let action = route_action(model, vs, http, &field)?;
+        let action = route_action(model, vs, http, &field, port)?;
         let fault = http
             .fault
             .as_ref()
@@ -187,6 +207,7 @@ fn route_action(
     vs: &Resource<VirtualServiceSpec>,
     http: &HttpRoute,
     field: &str,
+    vhost_port: Option<u16>,
 ) -> Result<Value, InputError> {
     if http.route.is_empty() {
         return Err(vs.origin.error(
@@ -205,14 +226,23 @@ fn route_action(
                     format!("no Service named {}", rd.destination.host),
                 )
             })?;
-        if let Some(port) = &rd.destination.port
-            && port.number != service.port
-        {
-            return Err(vs.origin.error(
-                &format!("{f}.port.number"),
-                format!("{} has no port {}", service.name, port.number),
-            ));
-        }
+        let port = match (&rd.destination.port, vhost_port) {
+            (Some(p), _) => service.port(p.number).map(|p| p.port).ok_or_else(|| {
+                vs.origin.error(
+                    &format!("{f}.port.number"),
+                    format!("{} has no port {}", service.name, p.number),
+                )
+            })?,
+            (None, _) if service.ports.len() == 1 => service.default_port().port,
+            // A sidecar route keeps the port it was called on when the destination names none.
+            (None, Some(p)) if service.port(p).is_some() => p,
+            (None, _) => {
+                return Err(vs.origin.error(
+                    &format!("{f}.port"),
+                    format!("{} has several ports: name one", service.name),
+                ));
+            }
+        };
         if let Some(subset) = &rd.destination.subset {
             let declared = model.manifests.destination_rules.iter().any(|r| {
                 model.resolve_host(&r.spec.host, r.namespace()) == Some(service)
@@ -229,7 +259,7 @@ fn route_action(
             }
         }
         clusters.push((
-            cluster_name(service, rd.destination.subset.as_deref()),
+            cluster_name(service, port, rd.destination.subset.as_deref()),
             rd.weight,
         ));
     }
@@ -305,17 +335,19 @@ fn retry_policy(r: &Retries, origin: &Origin, field: &str) -> Result<Option<Valu
     Ok(Some(policy))
 }
 
-/// Istio percentages are 0-100 floats; Envoy's FractionalPercent out of a MILLION keeps 0.5% exact.
+/// Istio percentages are 0-100 floats; Envoy's FractionalPercent out of a MILLION keeps 0.5%
+/// exact. Istio truncates (`uint32(value * 10000)`), and a fault without a percentage injects
+/// into no request at all (istio/istio#36303): so do we.
 fn fraction(
     p: Option<&crate::manifest::istio::Percent>,
     origin: &Origin,
     field: &str,
 ) -> Result<Value, InputError> {
-    let value = p.map(|p| p.value).unwrap_or(100.0);
+    let value = p.map(|p| p.value).unwrap_or(0.0);
     if !(0.0..=100.0).contains(&value) {
         return Err(origin.error(field, format!("percentage {value} is outside 0..100")));
     }
-    Ok(json!({"numerator": (value * 10_000.0).round() as u64, "denominator": "MILLION"}))
+    Ok(json!({"numerator": (value * 10_000.0) as u64, "denominator": "MILLION"}))
 }
 
 fn fault_config(f: &Fault, origin: &Origin, field: &str) -> Result<Value, InputError> {

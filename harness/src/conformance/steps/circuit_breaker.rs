@@ -1,105 +1,492 @@
-//! Connection-pool overflow and outlier ejection, confirmed in the caller's Envoy stats.
+//! Circuit breakers at their declared values: the connection pool takes exactly its connections
+//! and pending requests and sheds the next; a connection carries at most its requests; a replica
+//! is ejected at exactly its consecutive gateway errors, no more of them than the declared
+//! percentage, and returns after the base ejection time. All read from the caller's Envoy.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cucumber::{then, when};
+use cucumber::{given, then, when};
 
-use crate::conformance::steps::common::{batch, burst, cluster_of, tally};
-use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
-use crate::target::{Call, From, stat};
+use crate::conformance::steps::common::{
+    clear_faults, cluster_of, judge_every, pod, pods_of, served_by, service, tally, unreachable,
+    workload_call,
+};
+use crate::conformance::world::{Batch, MeshWorld};
+use crate::declared::{Outlier, human, traffic};
+use crate::envoy::clusters::{health_flags, is_ejected};
+use crate::outcome::Outcome;
+use crate::{broken, promise, unchecked};
 
-fn workload_call(from: &str, to: &str, path: &str) -> Call {
-    let mut call = Call::new(From::Workload(from.into()), to, path);
-    call.timeout = CALL_TIMEOUT;
-    call
-}
+/// Longest wait for the caller's Envoy to show what a request it just sent did.
+const STAT_DEADLINE: Duration = Duration::from_secs(5);
 
-#[when(regex = r"^(\S+) sends (\d+) concurrent requests to (\S+) at (\S+)$")]
-async fn concurrent(w: &mut MeshWorld, from: String, n: usize, to: String, path: String) {
-    w.batch = burst(w.target.clone(), n, workload_call(&from, &to, &path)).await;
-}
-
-#[when(regex = r"^(\S+) sends (\d+) requests to (\S+) at (\S+)$")]
-async fn sequential(w: &mut MeshWorld, from: String, n: usize, to: String, path: String) {
-    let cluster = cluster_of(w, &to);
-    let retry = format!("cluster.{cluster}.upstream_rq_retry");
-    let before = stat(w.target.as_ref(), &from, &retry).await.unwrap_or(0);
-    w.stats_before.insert((from.clone(), retry), before);
-    w.batch = batch(w.target.clone(), n, 1, workload_call(&from, &to, &path)).await;
-}
-
-#[then(regex = r"^some responses are 503 with header x-envoy-overloaded$")]
-async fn overloaded(w: &mut MeshWorld) {
-    let n = w
-        .batch
-        .iter()
-        .filter(|o| o.status() == Some(503) && o.header("x-envoy-overloaded").is_some())
-        .count();
-    assert!(
-        n > 0,
-        "no response was a 503 with x-envoy-overloaded: {}",
-        tally(&w.batch)
+/// Counters and gauges `names` (without the `cluster.<c>.` prefix) of `cluster` on `proxy`.
+async fn cluster_stats(w: &MeshWorld, proxy: &str, cluster: &str, names: &[&str]) -> Vec<u64> {
+    let prefix = format!("cluster.{cluster}.");
+    let filter = format!(
+        "^{}({})$",
+        crate::regex_literal::escape(&prefix),
+        names.join("|")
     );
-}
-
-#[then(regex = r"^Envoy on (\S+) counts pending-request overflows to (\S+)$")]
-async fn overflow_stat(w: &mut MeshWorld, proxy: String, service: String) {
-    let name = format!(
-        "cluster.{}.upstream_rq_pending_overflow",
-        cluster_of(w, &service)
-    );
-    let value = stat(w.target.as_ref(), &proxy, &name)
+    let body = match w
+        .target
+        .proxy_admin(
+            proxy,
+            "GET",
+            &format!("/stats?filter={}", urlencode(&filter)),
+        )
         .await
-        .expect("reading stats");
-    assert!(value > 0, "{proxy}: {name} = {value}");
+    {
+        Ok(b) => b,
+        Err(e) => unchecked!("reading {proxy}'s Envoy stats: {e:#}"),
+    };
+    names
+        .iter()
+        .map(|n| crate::envoy::stats::parse_stat(&body, &format!("{prefix}{n}")).unwrap_or(0))
+        .collect()
 }
 
-#[then(regex = r"^Envoy on (\S+) has ejected (\S+) from (\S+)$")]
-async fn ejected(w: &mut MeshWorld, proxy: String, pod: String, service: String) {
-    let cluster = cluster_of(w, &service);
-    let address = w
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn outlier_of(w: &MeshWorld, service_name: &str) -> (Outlier, String) {
+    let (model, svc) = service(w, service_name);
+    let d = traffic::outlier(&model, &svc);
+    match d.value {
+        Some(o) => (o, d.at),
+        None => broken!("{service_name} declares no outlier detection ({})", d.at),
+    }
+}
+
+fn threshold(o: &Outlier, service: &str, at: &str) -> u32 {
+    o.consecutive_gateway_errors
+        .unwrap_or_else(|| broken!("{service} declares no consecutive gateway errors ({at})"))
+}
+
+#[given(
+    regex = r"^(?P<service>\S+)'s DestinationRule allows (\d+) connections and (\d+) pending requests$"
+)]
+async fn declared_pool(w: &mut MeshWorld, svc: String, conns: u32, pending: u32) {
+    let (model, s) = service(w, &svc);
+    let p = traffic::pool(&model, &s);
+    promise!(
+        p.value.max_connections == Some(conns)
+            && p.value.http1_max_pending_requests == Some(pending),
+        "the promise is {conns} connections and {pending} pending requests to {svc}; the mesh declares {:?} and {:?} ({})",
+        p.value.max_connections,
+        p.value.http1_max_pending_requests,
+        p.at
+    );
+    w.evidence(format!(
+        "{svc}: maxConnections {conns}, http1MaxPendingRequests {pending} ({})",
+        p.at
+    ));
+}
+
+#[given(regex = r"^(?P<service>\S+)'s DestinationRule allows (\d+) requests per connection$")]
+async fn declared_per_connection(w: &mut MeshWorld, svc: String, n: u32) {
+    let (model, s) = service(w, &svc);
+    let p = traffic::pool(&model, &s);
+    promise!(
+        p.value.max_requests_per_connection == Some(n),
+        "the promise is {n} requests per connection to {svc}; the mesh declares {:?} ({})",
+        p.value.max_requests_per_connection,
+        p.at
+    );
+    w.evidence(format!("{svc}: maxRequestsPerConnection {n} ({})", p.at));
+}
+
+#[given(
+    regex = r"^(?P<service>\S+)'s DestinationRule ejects a replica after (\d+) consecutive gateway errors(?:, at most (\d+)% of them at once)?$"
+)]
+async fn declared_ejection(w: &mut MeshWorld, svc: String, n: u32, pct: String) {
+    let (o, at) = outlier_of(w, &svc);
+    promise!(
+        o.consecutive_gateway_errors == Some(n),
+        "the promise is ejection after {n} consecutive gateway errors to {svc}; the mesh declares {:?} ({at})",
+        o.consecutive_gateway_errors
+    );
+    if let Ok(pct) = pct.parse::<u32>() {
+        promise!(
+            o.max_ejection_percent == pct,
+            "the promise is at most {pct}% of {svc} ejected; the mesh declares {}% ({at})",
+            o.max_ejection_percent
+        );
+    }
+    w.evidence(format!(
+        "{svc}: consecutiveGatewayErrors {n}, maxEjectionPercent {} ({at})",
+        o.max_ejection_percent
+    ));
+}
+
+#[given(
+    regex = r"^(?P<service>\S+)'s DestinationRule ejects a replica for (\S+), checked every (\S+)$"
+)]
+async fn declared_ejection_time(w: &mut MeshWorld, svc: String, base: String, interval: String) {
+    let (o, at) = outlier_of(w, &svc);
+    let parse = |t: &str| {
+        crate::translate::duration::parse(t)
+            .unwrap_or_else(|| unchecked!("`{t}` is not a duration"))
+    };
+    promise!(
+        o.base_ejection_time == parse(&base) && o.interval == parse(&interval),
+        "the promise is ejection for {base}, checked every {interval}; the mesh declares {} every {} ({at})",
+        human(o.base_ejection_time),
+        human(o.interval)
+    );
+}
+
+// ---- connection pool ----
+
+#[when(
+    regex = r"^(?P<workload>\S+) fills (?P<service>\S+)'s connection pool one request at a time$"
+)]
+async fn fill_pool(w: &mut MeshWorld, from: String, svc: String) {
+    let (model, s) = service(w, &svc);
+    let pool = traffic::pool(&model, &s).value;
+    let (Some(c), Some(p)) = (pool.max_connections, pool.http1_max_pending_requests) else {
+        broken!("{svc} declares no connection pool limits: nothing would ever be shed");
+    };
+    let cluster = cluster_of(w, &svc);
+    let proxy = caller_pod(w, &from);
+    let names = ["upstream_rq_active", "upstream_rq_pending_active"];
+    let base = cluster_stats(w, &proxy, &cluster, &names).await;
+    if base.iter().any(|v| *v > 0) {
+        unchecked!(
+            "{proxy} already has requests to {svc} in flight ({base:?}): the pool is not ours to fill"
+        );
+    }
+    for i in 1..=(c + p) as u64 {
+        let (target, call) = (w.target.clone(), workload_call(&from, &svc, "/health"));
+        w.in_flight.push(tokio::spawn(async move {
+            target.call(&call).await.map_err(|e| format!("{e:#}"))
+        }));
+        let deadline = Instant::now() + STAT_DEADLINE;
+        loop {
+            let v = cluster_stats(w, &proxy, &cluster, &names).await;
+            if v[0] + v[1] >= i {
+                break;
+            }
+            if let Some(done) = w.in_flight.iter().position(|h| h.is_finished()) {
+                let h = w.in_flight.remove(done);
+                let o = h.await.unwrap_or_else(|e| Err(e.to_string()));
+                broken!(
+                    "request {i} of the {} the pool should take ({c} connections + {p} pending) ended at once: {}",
+                    c + p,
+                    o.map(|o| o.summary()).unwrap_or_else(|e| e)
+                );
+            }
+            if Instant::now() > deadline {
+                unchecked!(
+                    "request {i} to {svc} never showed in {proxy}'s Envoy stats (active + pending {:?})",
+                    v
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn caller_pod(w: &MeshWorld, from: &str) -> String {
+    // A workload given by service name calls from its first pod: its Envoy holds the pool.
+    match w
         .target
         .pods()
         .into_iter()
-        .find(|p| p.name == pod)
-        .unwrap_or_else(|| panic!("no pod {pod}"))
-        .address;
-    let flag = format!("{cluster}::{address}::health_flags::");
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let mut line = String::new();
-    loop {
-        let clusters = w
-            .target
-            .proxy_admin(&proxy, "GET", "/clusters")
-            .await
-            .expect("reading /clusters");
-        line = clusters
-            .lines()
-            .find(|l| l.starts_with(&flag))
-            .map(str::to_string)
-            .unwrap_or(line);
-        if line.contains("failed_outlier_check") || std::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        .find(|p| p.name == from || p.service == from)
+    {
+        Some(p) => p.name,
+        None => unchecked!("no pod or service named {from}"),
     }
-    let ejections = stat(
-        w.target.as_ref(),
+}
+
+#[then(
+    regex = r"^exactly (?P<service>\S+)'s declared connections are active on (?P<pod>\S+) and its declared pending requests wait$"
+)]
+async fn pool_is_full(w: &mut MeshWorld, svc: String, proxy: String) {
+    let (model, s) = service(w, &svc);
+    let pool = traffic::pool(&model, &s);
+    let (c, p) = (
+        pool.value.max_connections.unwrap_or(0) as u64,
+        pool.value.http1_max_pending_requests.unwrap_or(0) as u64,
+    );
+    let cluster = cluster_of(w, &svc);
+    let v = cluster_stats(
+        w,
         &proxy,
-        &format!("cluster.{cluster}.outlier_detection.ejections_active"),
+        &cluster,
+        &[
+            "upstream_rq_active",
+            "upstream_rq_pending_active",
+            "upstream_cx_active",
+        ],
     )
-    .await
-    .unwrap_or(0);
-    assert!(
-        line.contains("failed_outlier_check"),
-        "{proxy} did not eject {pod} ({address}) from {cluster}: health flags {:?}, ejections_active {ejections}; responses: {}",
-        line.rsplit("::").next().unwrap_or("(host not listed)"),
-        tally(&w.batch)
+    .await;
+    promise!(
+        v[0] == c && v[1] == p,
+        "{proxy} has {} requests active on {} connections and {} pending to {svc}; declared {c} connections and {p} pending ({})",
+        v[0],
+        v[2],
+        v[1],
+        pool.at
+    );
+    w.evidence(format!(
+        "n={}: {proxy}: {} active on {} connections, {} pending (declared {c} + {p}, {})",
+        c + p,
+        v[0],
+        v[2],
+        v[1],
+        pool.at
+    ));
+}
+
+#[then(
+    regex = r"^one more request from (?P<workload>\S+) to (?P<service>\S+) is shed with 503 and x-envoy-overloaded$"
+)]
+async fn one_more_is_shed(w: &mut MeshWorld, from: String, svc: String) {
+    let started = Instant::now();
+    let o = match w.target.call(&workload_call(&from, &svc, "/health")).await {
+        Ok(o) => o,
+        Err(e) => unchecked!("{e:#}"),
+    };
+    if let Some(why) = unreachable(&o) {
+        unchecked!("{from} -> {svc}: {why}");
+    }
+    promise!(
+        o.status() == Some(503) && o.header("x-envoy-overloaded").is_some(),
+        "the request past the pool's limit should be shed with 503 and x-envoy-overloaded; it got {}",
+        o.summary()
+    );
+    w.evidence(format!(
+        "n=1: the next request was shed in {:.0} ms: {}",
+        started.elapsed().as_secs_f64() * 1000.0,
+        o.summary()
+    ));
+}
+
+#[then(regex = r"^once (?P<service>\S+) is released every held request is answered 200$")]
+async fn released(w: &mut MeshWorld, svc: String) {
+    clear_faults(w, &svc).await;
+    let handles = std::mem::take(&mut w.in_flight);
+    let asked = handles.len();
+    let mut outcomes = Vec::new();
+    for h in handles {
+        match tokio::time::timeout(Duration::from_secs(30), h).await {
+            Ok(Ok(Ok(o))) => outcomes.push(o),
+            Ok(Ok(Err(e))) => unchecked!("a held request could not be made: {e}"),
+            Ok(Err(e)) => unchecked!("a held request's task failed: {e}"),
+            Err(_) => unchecked!("a held request did not end within 30 s of the release"),
+        }
+    }
+    let line = judge_every(
+        &Batch { asked, outcomes },
+        "the held request is answered 200",
+        |o| o.status() == Some(200),
+    );
+    w.evidence(line);
+}
+
+// ---- requests per connection ----
+
+#[when(
+    regex = r"^(?P<workload>\S+) sends (?P<service>\S+) ten connections' worth of requests at (\S+), one after another$"
+)]
+async fn ten_connections(w: &mut MeshWorld, from: String, svc: String, path: String) {
+    let (model, s) = service(w, &svc);
+    let Some(n) = traffic::pool(&model, &s).value.max_requests_per_connection else {
+        broken!("{svc} declares no maximum of requests per connection");
+    };
+    if pods_of(w, &svc).len() != 1 {
+        unchecked!("{svc} has several replicas: round robin would split connections between them");
+    }
+    let proxy = caller_pod(w, &from);
+    let cluster = cluster_of(w, &svc);
+    let before = cluster_stats(w, &proxy, &cluster, &["upstream_cx_max_requests"]).await[0];
+    w.stats_before
+        .insert((proxy, "upstream_cx_max_requests".into()), before);
+    let k = 10 * n as usize;
+    w.batch = Some(
+        crate::conformance::steps::common::batch(
+            w.target.clone(),
+            k,
+            1,
+            workload_call(&from, &svc, &path),
+        )
+        .await,
     );
 }
 
 #[then(
-    regex = r"^the next (\d+) requests from (\S+) to (\S+) at (\S+) are answered by replicas other than (\S+)$"
+    regex = r"^Envoy on (?P<pod>\S+) closed a connection to (?P<service>\S+) after every declared number of requests$"
+)]
+async fn closed_per_declared(w: &mut MeshWorld, proxy: String, svc: String) {
+    let (model, s) = service(w, &svc);
+    let declared = traffic::pool(&model, &s);
+    let n = u64::from(declared.value.max_requests_per_connection.unwrap_or(0));
+    let batch = w.batch().clone();
+    judge_every(&batch, "the request got an HTTP answer", |o| {
+        o.status().is_some()
+    });
+    let Some(before) = w
+        .stats_before
+        .get(&(proxy.clone(), "upstream_cx_max_requests".into()))
+        .copied()
+    else {
+        unchecked!("no requests were counted before this step");
+    };
+    let cluster = cluster_of(w, &svc);
+    let after = cluster_stats(w, &proxy, &cluster, &["upstream_cx_max_requests"]).await[0];
+    let k = batch.outcomes.len() as u64;
+    let closed = after - before;
+    // With a limit of n, k = 10n sequential requests close exactly k / n connections whatever the
+    // first connection had carried before; any other limit closes a different number.
+    promise!(
+        n > 0 && closed == k / n,
+        "{k} sequential requests from {proxy} closed {closed} connections at their request limit; at the declared {n} per connection ({}) that is {}",
+        declared.at,
+        k / n.max(1)
+    );
+    w.evidence(format!(
+        "n={k}: {proxy} closed {closed} connections to {svc} at the limit (declared {n}, {})",
+        declared.at
+    ));
+}
+
+// ---- outlier ejection ----
+
+async fn flags(w: &MeshWorld, proxy: &str, svc: &str, pod_name: &str) -> String {
+    let cluster = cluster_of(w, svc);
+    let address = pod(w, pod_name).address();
+    let body = match w.target.proxy_admin(proxy, "GET", "/clusters").await {
+        Ok(b) => b,
+        Err(e) => unchecked!("reading {proxy}'s /clusters: {e:#}"),
+    };
+    match health_flags(&body, &cluster, &address) {
+        Some(f) => f.to_string(),
+        None => unchecked!("{proxy}'s Envoy does not list {pod_name} ({address}) in {cluster}"),
+    }
+}
+
+async fn ejected_hosts(w: &MeshWorld, proxy: &str, svc: &str) -> Vec<String> {
+    let cluster = cluster_of(w, svc);
+    let body = match w.target.proxy_admin(proxy, "GET", "/clusters").await {
+        Ok(b) => b,
+        Err(e) => unchecked!("reading {proxy}'s /clusters: {e:#}"),
+    };
+    crate::envoy::clusters::hosts(&body, &cluster)
+        .into_iter()
+        .filter(|h| health_flags(&body, &cluster, h).is_some_and(is_ejected))
+        .collect()
+}
+
+#[when(
+    regex = r"^(?P<workload>\S+) sends requests to (?P<service>\S+) until (?P<pod>\S+) has failed (one time fewer than the ejection threshold|as often as the ejection threshold)$"
+)]
+async fn fail_until(w: &mut MeshWorld, from: String, svc: String, failing: String, how: String) {
+    let (o, at) = outlier_of(w, &svc);
+    let n = u64::from(threshold(&o, &svc, &at));
+    let want = if how.starts_with("one time fewer") {
+        n - 1
+    } else {
+        n
+    };
+    let proxy = caller_pod(w, &from);
+    let key = (failing.clone(), "served".to_string());
+    let base = match w.stats_before.get(&key) {
+        Some(b) => *b,
+        None => {
+            let ejected = ejected_hosts(w, &proxy, &svc).await;
+            if !ejected.is_empty() {
+                unchecked!(
+                    "{proxy} already ejects {ejected:?} from {svc}: the count would not start at zero"
+                );
+            }
+            let b = served_by(w, &failing).await;
+            w.stats_before.insert(key, b);
+            b
+        }
+    };
+    let replicas = pods_of(w, &svc).len() as u64;
+    let mut sent = 0;
+    while served_by(w, &failing).await - base < want {
+        if sent > 10 * n * replicas {
+            unchecked!(
+                "{failing} received {} requests after {sent} calls from {from}; the load balancer never reached it",
+                served_by(w, &failing).await - base
+            );
+        }
+        let o = w
+            .target
+            .call(&workload_call(&from, &svc, "/"))
+            .await
+            .unwrap_or_else(|e| unchecked!("{e:#}"));
+        if let Some(why) = unreachable(&o) {
+            unchecked!("{from} -> {svc}: {why}");
+        }
+        sent += 1;
+    }
+    let got = served_by(w, &failing).await - base;
+    if got != want {
+        unchecked!(
+            "{failing} answered {got} requests where {want} were asked (another caller is sending to it)"
+        );
+    }
+    w.evidence(format!("{failing} has failed {got} requests from {proxy} ({sent} calls); ejection threshold {n} ({at})"));
+}
+
+#[then(regex = r"^Envoy on (?P<pod>\S+) has (not )?ejected (?P<pod2>\S+) from (?P<service>\S+)$")]
+async fn ejected(w: &mut MeshWorld, proxy: String, not: String, failing: String, svc: String) {
+    let want_ejected = not.is_empty();
+    // Ejection is posted to Envoy's main thread right after the failing response: give it a
+    // moment to show, and watch that long for one that should not come.
+    let window = if want_ejected {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(1)
+    };
+    let started = Instant::now();
+    let mut last;
+    loop {
+        last = flags(w, &proxy, &svc, &failing).await;
+        if is_ejected(&last) || started.elapsed() > window {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if want_ejected && is_ejected(&last) {
+        w.marks
+            .insert(format!("ejected {proxy} {failing}"), started);
+    }
+    let batch_note = w
+        .batch
+        .as_ref()
+        .map(|b| tally(&b.outcomes))
+        .unwrap_or_default();
+    promise!(
+        is_ejected(&last) == want_ejected,
+        "{proxy} {} {failing} from {svc}: health flags {last:?} {batch_note}",
+        if want_ejected {
+            "did not eject"
+        } else {
+            "ejected"
+        }
+    );
+    w.evidence(format!(
+        "{proxy}: {failing} health flags {last} after watching {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+#[then(
+    regex = r"^the next (\d+) requests from (?P<workload>\S+) to (?P<service>\S+) at (\S+) are answered by replicas other than (?P<pod>\S+)$"
 )]
 async fn answered_by_others(
     w: &mut MeshWorld,
@@ -107,38 +494,119 @@ async fn answered_by_others(
     from: String,
     to: String,
     path: String,
-    pod: String,
+    other: String,
 ) {
-    let outcomes = batch(w.target.clone(), n, 1, workload_call(&from, &to, &path)).await;
-    let pods: Vec<String> = outcomes
-        .iter()
-        .map(|o| {
-            o.json()
-                .and_then(|e| e["pod"].as_str().map(str::to_string))
-                .unwrap_or_else(|| o.summary())
-        })
-        .collect();
-    assert!(
-        outcomes.iter().all(|o| o.status() == Some(200)) && !pods.contains(&pod),
-        "expected {n} answers from replicas other than {pod}; got {} from {pods:?}",
-        tally(&outcomes)
+    let batch = crate::conformance::steps::common::batch(
+        w.target.clone(),
+        n,
+        1,
+        workload_call(&from, &to, &path),
+    )
+    .await;
+    let line = judge_every(
+        &batch,
+        &format!("a replica other than {other} answers 200"),
+        |o: &Outcome| {
+            o.status() == Some(200)
+                && o.json()
+                    .and_then(|e| e["pod"].as_str().map(str::to_string))
+                    .is_some_and(|p| p != other)
+        },
     );
+    w.evidence(line);
 }
 
-#[then(regex = r"^Envoy on (\S+) retried requests to (\S+)$")]
-async fn retried(w: &mut MeshWorld, proxy: String, service: String) {
-    let name = format!("cluster.{}.upstream_rq_retry", cluster_of(w, &service));
-    let before = w
-        .stats_before
-        .get(&(proxy.clone(), name.clone()))
-        .copied()
-        .unwrap_or(0);
-    let now = stat(w.target.as_ref(), &proxy, &name)
-        .await
-        .expect("reading stats");
-    assert!(
-        now > before,
-        "{proxy}: {name} stayed at {before} (now {now}); responses: {}",
-        tally(&w.batch)
+#[when(
+    regex = r"^(?P<workload>\S+) sends requests to (?P<service>\S+) until every replica has failed as often as the ejection threshold$"
+)]
+async fn fail_all(w: &mut MeshWorld, from: String, svc: String) {
+    let (o, at) = outlier_of(w, &svc);
+    let n = u64::from(threshold(&o, &svc, &at));
+    let pods = pods_of(w, &svc);
+    let mut base = Vec::new();
+    for p in &pods {
+        base.push(served_by(w, &p.name).await);
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..(20 * n * pods.len() as u64) {
+        let mut all = true;
+        for (p, b) in pods.iter().zip(&base) {
+            all &= served_by(w, &p.name).await - b >= n;
+        }
+        if all {
+            break;
+        }
+        let o = w
+            .target
+            .call(&workload_call(&from, &svc, "/"))
+            .await
+            .unwrap_or_else(|e| unchecked!("{e:#}"));
+        outcomes.push(o);
+    }
+    let asked = outcomes.len();
+    w.batch = Some(Batch { asked, outcomes });
+}
+
+#[then(
+    regex = r"^Envoy on (?P<pod>\S+) has ejected as many (?P<service>\S+) replicas as its declared maximum ejection percentage allows, no more$"
+)]
+async fn ejected_at_most(w: &mut MeshWorld, proxy: String, svc: String) {
+    let (o, at) = outlier_of(w, &svc);
+    let hosts = pods_of(w, &svc).len() as u32;
+    let most = o.max_ejected(hosts);
+    let started = Instant::now();
+    let mut ejected = ejected_hosts(w, &proxy, &svc).await;
+    while (ejected.len() as u32) < most && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        ejected = ejected_hosts(w, &proxy, &svc).await;
+    }
+    promise!(
+        ejected.len() as u32 == most,
+        "with every one of {hosts} replicas failing, {proxy} ejected {} ({ejected:?}); maxEjectionPercent {} ({at}) allows exactly {most} at once",
+        ejected.len(),
+        o.max_ejection_percent
     );
+    w.evidence(format!("{hosts} replicas failing; {proxy} ejected {ejected:?}; declared maxEjectionPercent {} ({at}) -> {most}", o.max_ejection_percent));
+}
+
+#[when(regex = r"^(?P<pod>\S+) answers normally again$")]
+async fn answers_normally(w: &mut MeshWorld, pod_name: String) {
+    if let Err(e) = w.target.set_fault(&pod_name, Default::default()).await {
+        unchecked!("clearing the fault on {pod_name}: {e:#}");
+    }
+}
+
+#[then(
+    regex = r"^(?P<pod>\S+) returns to (?P<pod2>\S+)'s pool no sooner than the base ejection time and no later than one interval after it$"
+)]
+async fn returns_after_base(w: &mut MeshWorld, failing: String, proxy: String) {
+    let Some(ejected_at) = w.marks.get(&format!("ejected {proxy} {failing}")).copied() else {
+        unchecked!("{failing}'s ejection by {proxy} was not observed before this step");
+    };
+    let svc = pod(w, &failing).service;
+    let (o, at) = outlier_of(w, &svc);
+    let latest = o.base_ejection_time + o.interval + Duration::from_secs(2);
+    let returned = loop {
+        let f = flags(w, &proxy, &svc, &failing).await;
+        if !is_ejected(&f) {
+            break ejected_at.elapsed();
+        }
+        if ejected_at.elapsed() > latest {
+            broken!(
+                "{failing} was still ejected {:.1} s after its ejection; declared base ejection time {} checked every {} ({at})",
+                ejected_at.elapsed().as_secs_f64(),
+                human(o.base_ejection_time),
+                human(o.interval)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The ejection was seen within a poll of happening.
+    promise!(
+        returned + Duration::from_millis(500) >= o.base_ejection_time,
+        "{failing} returned {:.1} s after its ejection, before the declared base ejection time {} ({at})",
+        returned.as_secs_f64(),
+        human(o.base_ejection_time)
+    );
+    w.evidence(format!("{failing} returned to {proxy}'s pool {:.1} s after its ejection (declared {} + interval {}, {at})", returned.as_secs_f64(), human(o.base_ejection_time), human(o.interval)));
 }

@@ -1,4 +1,5 @@
-//! Steps shared by every promise: calls between workloads, and verdicts on their outcome.
+//! Steps and helpers shared by every promise: calls between workloads, and verdicts on their
+//! outcome that never judge what the harness did not see.
 
 use cucumber::{given, then, when};
 use std::sync::Arc;
@@ -6,39 +7,18 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::agent::Fault;
-use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
+use crate::conformance::world::{Batch, CALL_TIMEOUT, MeshWorld};
 use crate::outcome::Outcome;
-use crate::target::{Call, From, Target};
+use crate::target::{Call, From, PodInfo, Target};
+use crate::{broken, promise, unchecked};
 
 /// Calls in flight from all scenarios together. Scenarios run side by side, and their sum must
 /// stay under the seed's connection pool (50 connections + 50 pending per cluster), or the
 /// mesh rightly sheds the suite's own traffic with 503 overflow.
 static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
 
-/// Makes `n` calls, at most `concurrency` at a time (and within the suite's shared budget),
-/// returning outcomes in completion order.
-pub async fn batch(
-    target: Arc<dyn Target>,
-    n: usize,
-    concurrency: usize,
-    call: Call,
-) -> Vec<Outcome> {
-    calls(target, n, concurrency, call, true).await
-}
-
-/// All `n` calls at once, outside the shared budget: only for @serial scenarios that mean to
-/// overflow a connection pool.
-pub async fn burst(target: Arc<dyn Target>, n: usize, call: Call) -> Vec<Outcome> {
-    calls(target, n, n, call, false).await
-}
-
-async fn calls(
-    target: Arc<dyn Target>,
-    n: usize,
-    concurrency: usize,
-    call: Call,
-    budgeted: bool,
-) -> Vec<Outcome> {
+/// Makes `n` calls, at most `concurrency` at a time (and within the suite's shared budget).
+pub async fn batch(target: Arc<dyn Target>, n: usize, concurrency: usize, call: Call) -> Batch {
     let mut out = Vec::with_capacity(n);
     let mut set = JoinSet::new();
     let mut started = 0;
@@ -46,23 +26,54 @@ async fn calls(
         while started < n && set.len() < concurrency.max(1) {
             let (t, c) = (target.clone(), call.clone());
             set.spawn(async move {
-                let _permit = if budgeted {
-                    Some(IN_FLIGHT.acquire().await.expect("semaphore never closes"))
-                } else {
-                    None
-                };
+                let _permit = IN_FLIGHT.acquire().await.expect("semaphore never closes");
                 t.call(&c).await
             });
             started += 1;
         }
         match set.join_next().await {
             Some(Ok(Ok(o))) => out.push(o),
-            Some(Ok(Err(e))) => panic!("the harness could not make a call: {e:#}"),
-            Some(Err(e)) => panic!("a call task failed: {e}"),
+            Some(Ok(Err(e))) => unchecked!("the harness could not make a call: {e:#}"),
+            Some(Err(e)) => unchecked!("a call task failed: {e}"),
             None => break,
         }
     }
-    out
+    Batch {
+        asked: n,
+        outcomes: out,
+    }
+}
+
+/// Why an outcome tells nothing about the mesh's promise: nothing listened where a proxy should
+/// have (refused), or a proxy could not reach the next one's listener (Envoy's 503 for a failed
+/// TCP connect). None when the outcome is the mesh's own answer.
+pub fn unreachable(o: &Outcome) -> Option<String> {
+    match o {
+        Outcome::Refused { detail } => Some(format!(
+            "connection refused ({detail}): no proxy is listening there"
+        )),
+        Outcome::Response {
+            status: 503, body, ..
+        } if body.contains("Connection refused")
+            || body.contains("reset reason: connection failure")
+            || body.contains("reset reason: remote connection failure") =>
+        {
+            Some(format!(
+                "the caller's proxy could not connect to the callee ({}): its proxy is not running",
+                body.chars().take(160).collect::<String>()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The last call's outcome, UNCHECKED if it never reached a live proxy.
+pub fn observed(w: &MeshWorld) -> (&str, &Outcome) {
+    let (desc, o) = w.last();
+    if let Some(why) = unreachable(o) {
+        unchecked!("{desc}: {why}");
+    }
+    (desc, o)
 }
 
 /// "200 x88, 403 x12 (e.g. \"RBAC: access denied\"), reset x1": the evidence for batch verdicts.
@@ -89,70 +100,136 @@ pub fn tally(outcomes: &[Outcome]) -> String {
         .join(", ")
 }
 
-/// The Envoy cluster a caller's sidecar uses for a service (Istio's naming).
-pub fn cluster_of(world: &MeshWorld, service: &str) -> String {
-    let pod = world
+/// Judges every outcome of a batch with `ok`: BROKEN on any observed violation; UNCHECKED when
+/// nothing was sent, fewer came back than asked, or some never reached a live proxy. Returns
+/// the evidence line.
+pub fn judge_every(batch: &Batch, what: &str, ok: impl Fn(&Outcome) -> bool) -> String {
+    let n = batch.outcomes.len();
+    if batch.asked == 0 || n == 0 {
+        unchecked!("no requests were sent, so nothing shows that {what}");
+    }
+    let observed: Vec<&Outcome> = batch
+        .outcomes
+        .iter()
+        .filter(|o| unreachable(o).is_none())
+        .collect();
+    let bad = observed.iter().filter(|o| !ok(o)).count();
+    promise!(
+        bad == 0,
+        "{bad} of {n} requests show otherwise than that {what}: {}",
+        tally(&batch.outcomes)
+    );
+    if observed.len() < batch.asked {
+        unchecked!(
+            "only {} of {} requests reached a live proxy ({}); nothing contradicts that {what}, but it was not seen for all",
+            observed.len(),
+            batch.asked,
+            tally(&batch.outcomes)
+        );
+    }
+    format!("n={n}: {what} ({})", tally(&batch.outcomes))
+}
+
+/// The pods of a service (UNCHECKED when the target lists none).
+pub fn pods_of(w: &MeshWorld, service: &str) -> Vec<PodInfo> {
+    let pods: Vec<PodInfo> = w
         .target
         .pods()
         .into_iter()
-        .find(|p| p.service == service)
-        .unwrap_or_else(|| panic!("no service named {service}"));
-    format!(
-        "outbound|8080||{service}.{}.svc.cluster.local",
-        pod.namespace
-    )
+        .filter(|p| p.service == service)
+        .collect();
+    if pods.is_empty() {
+        unchecked!(
+            "the {} target lists no pods of service {service}",
+            w.target.kind()
+        );
+    }
+    pods
+}
+
+/// A pod by name.
+pub fn pod(w: &MeshWorld, name: &str) -> PodInfo {
+    w.target
+        .pods()
+        .into_iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| unchecked!("the {} target lists no pod {name}", w.target.kind()))
+}
+
+/// The model of the mesh's manifests and the service named `name`.
+pub fn service(w: &MeshWorld, name: &str) -> (crate::model::MeshModel, crate::model::Service) {
+    let model = crate::declared::model(w.target.manifests());
+    let svc = model
+        .service(name)
+        .cloned()
+        .unwrap_or_else(|| unchecked!("the mesh's manifests declare no service {name}"));
+    (model, svc)
+}
+
+/// The Envoy cluster a caller's sidecar uses for a service's first port (Istio's naming).
+pub fn cluster_of(w: &MeshWorld, service_name: &str) -> String {
+    let (_, svc) = service(w, service_name);
+    crate::translate::destination_rule::cluster_name(&svc, svc.default_port().port, None)
+}
+
+pub fn workload_call(from: &str, to: &str, path: &str) -> Call {
+    let mut call = Call::new(From::Workload(from.into()), to, path);
+    call.timeout = CALL_TIMEOUT;
+    call
 }
 
 #[given("the mesh is running")]
 async fn mesh_is_running(w: &mut MeshWorld) {
-    assert!(
-        !w.target.pods().is_empty(),
-        "the {} target lists no pods",
-        w.target.kind()
-    );
+    if w.target.pods().is_empty() {
+        unchecked!("the {} target lists no pods", w.target.kind());
+    }
 }
 
-#[when(regex = r"^(\S+) calls (\S+) at (\S+)$")]
+#[when(regex = r"^(?P<workload>\S+) calls (?P<service>\S+) at (\S+)$")]
 async fn workload_calls(w: &mut MeshWorld, from: String, to: String, path: String) {
-    let mut call = Call::new(From::Workload(from.clone()), &to, &path);
-    call.timeout = CALL_TIMEOUT;
-    w.call(format!("{from} -> {to} {path}"), call).await;
+    w.call(
+        format!("{from} -> {to} {path}"),
+        workload_call(&from, &to, &path),
+    )
+    .await;
 }
 
 #[then(regex = r"^the call is (allowed|denied by RBAC)$")]
 async fn call_verdict(w: &mut MeshWorld, verdict: String) {
-    let (desc, o) = w.last();
+    let (desc, o) = observed(w);
+    let line = format!("n=1: {desc}: {}", o.summary());
     match verdict.as_str() {
-        "allowed" => assert!(
+        "allowed" => promise!(
             o.status().is_some_and(|s| (200..300).contains(&s)),
             "{desc}: expected the call to be allowed (2xx), got {}",
             o.summary()
         ),
-        _ => assert!(
+        _ => promise!(
             o.status() == Some(403) && o.body() == Some("RBAC: access denied"),
             "{desc}: expected 403 \"RBAC: access denied\", got {}",
             o.summary()
         ),
     }
+    w.evidence(line);
 }
 
 #[then(regex = r"^the response status is (\d+)$")]
 async fn status_is(w: &mut MeshWorld, status: u16) {
-    let (desc, o) = w.last();
-    assert_eq!(
-        o.status(),
-        Some(status),
+    let (desc, o) = observed(w);
+    promise!(
+        o.status() == Some(status),
         "{desc}: expected HTTP {status}, got {}",
         o.summary()
     );
+    let line = format!("n=1: {desc}: HTTP {status}");
+    w.evidence(line);
 }
 
 #[then(regex = r#"^the response body is "(.*)"$"#)]
 async fn body_is(w: &mut MeshWorld, body: String) {
-    let (desc, o) = w.last();
-    assert_eq!(
-        o.body(),
-        Some(body.as_str()),
+    let (desc, o) = observed(w);
+    promise!(
+        o.body() == Some(body.as_str()),
         "{desc}: expected body {body:?}, got {}",
         o.summary()
     );
@@ -160,91 +237,107 @@ async fn body_is(w: &mut MeshWorld, body: String) {
 
 #[then(regex = r#"^the response has header (\S+)(?: "(.*)")?$"#)]
 async fn has_header(w: &mut MeshWorld, name: String, value: String) {
-    let (desc, o) = w.last();
+    let (desc, o) = observed(w);
     let got = o.header(&name);
-    assert!(
+    promise!(
         got.is_some(),
         "{desc}: expected header {name}, got {}",
         o.summary()
     );
     if !value.is_empty() {
-        assert_eq!(got, Some(value.as_str()), "{desc}: header {name}");
+        promise!(
+            got == Some(value.as_str()),
+            "{desc}: header {name} is {got:?}, expected {value:?}"
+        );
     }
 }
 
 #[then(regex = r"^the upstream sees the caller identity (\S+)$")]
 async fn upstream_identity(w: &mut MeshWorld, spiffe: String) {
-    let (desc, o) = w.last();
-    let caller = o
-        .json()
-        .and_then(|e| e["caller"].as_str().map(str::to_string));
-    assert_eq!(
-        caller.as_deref(),
-        Some(spiffe.as_str()),
-        "{desc}: the echo's caller identity (from x-forwarded-client-cert); response {}",
-        o.summary()
+    let (desc, o) = observed(w);
+    let Some(echo) = o.json() else {
+        broken!(
+            "{desc}: the answer is not the agent's echo: {}",
+            o.summary()
+        );
+    };
+    let caller = echo["caller"].as_str().map(str::to_string);
+    promise!(
+        caller.as_deref() == Some(spiffe.as_str()),
+        "{desc}: the callee saw caller identity {caller:?} (from x-forwarded-client-cert), expected {spiffe}"
     );
+    w.evidence(format!("n=1: {desc}: the callee saw {spiffe}"));
 }
 
 #[then(regex = r"^every response is (\d+)$")]
 async fn every_response_is(w: &mut MeshWorld, status: u16) {
-    assert!(!w.batch.is_empty(), "no batch of requests was sent");
-    let bad = w
-        .batch
-        .iter()
-        .filter(|o| o.status() != Some(status))
-        .count();
-    assert_eq!(
-        bad,
-        0,
-        "expected all {} responses to be {status}; got {}",
-        w.batch.len(),
-        tally(&w.batch)
-    );
+    let line = judge_every(w.batch(), &format!("the answer is {status}"), |o| {
+        o.status() == Some(status)
+    });
+    w.evidence(line);
 }
 
-#[given(regex = r"^(\S+) answers every request with status (\d+)$")]
+#[given(regex = r"^(?P<pod>\S+) answers every request with status (\d+)$")]
 async fn pod_fails(w: &mut MeshWorld, pod: String, status: u16) {
     set_fault(w, &pod, Fault::status(status)).await;
 }
 
-#[given(regex = r"^every (\S+) replica answers every request with status (\d+)$")]
+#[given(regex = r"^every (?P<service>\S+) replica answers every request with status (\d+)$")]
 async fn service_fails(w: &mut MeshWorld, service: String, status: u16) {
     fault_every_replica(w, &service, Fault::status(status)).await;
 }
 
-#[given(regex = r"^every (\S+) replica takes (\d+) ms to answer$")]
+#[given(regex = r"^every (?P<service>\S+) replica takes (\d+) ms to answer$")]
 async fn service_slow(w: &mut MeshWorld, service: String, ms: u64) {
     fault_every_replica(w, &service, Fault::delay_ms(ms)).await;
 }
 
-#[given(regex = r"^every (\S+) replica hangs$")]
+#[given(regex = r"^every (?P<service>\S+) replica hangs$")]
 async fn service_hangs(w: &mut MeshWorld, service: String) {
     fault_every_replica(w, &service, Fault::hang()).await;
 }
 
-async fn fault_every_replica(w: &mut MeshWorld, service: &str, fault: Fault) {
-    for pod in pods_of(w, service) {
-        set_fault(w, &pod, fault.clone()).await;
-    }
+#[given(regex = r"^every (?P<service>\S+) replica holds every request until released$")]
+async fn service_holds(w: &mut MeshWorld, service: String) {
+    fault_every_replica(w, &service, Fault::hold()).await;
 }
 
-pub fn pods_of(w: &MeshWorld, service: &str) -> Vec<String> {
-    let pods: Vec<String> = w
-        .target
-        .pods()
-        .into_iter()
-        .filter(|p| p.service == service)
-        .map(|p| p.name)
-        .collect();
-    assert!(!pods.is_empty(), "no pods of service {service}");
-    pods
+pub async fn fault_every_replica(w: &mut MeshWorld, service: &str, fault: Fault) {
+    for pod in pods_of(w, service) {
+        set_fault(w, &pod.name, fault.clone()).await;
+    }
 }
 
 pub async fn set_fault(w: &mut MeshWorld, pod: &str, fault: Fault) {
     // Journal first, so the after-hook reverts even a half-applied fault.
     w.faulted_pods.push(pod.to_string());
     if let Err(e) = w.target.set_fault(pod, fault).await {
-        panic!("setting a fault on {pod}: {e:#}");
+        unchecked!("setting a fault on {pod}: {e:#}");
+    }
+}
+
+/// Clears the faults of a service's pods now (the after-hook would anyway).
+pub async fn clear_faults(w: &mut MeshWorld, service: &str) {
+    for pod in pods_of(w, service) {
+        if let Err(e) = w.target.set_fault(&pod.name, Fault::default()).await {
+            unchecked!("clearing the fault on {}: {e:#}", pod.name);
+        }
+    }
+}
+
+/// Requests a service's pods have received so far, summed.
+pub async fn requests_served(w: &MeshWorld, service: &str) -> u64 {
+    let mut total = 0;
+    for pod in pods_of(w, service) {
+        total += served_by(w, &pod.name).await;
+    }
+    total
+}
+
+/// Requests one pod's agent has received so far.
+pub async fn served_by(w: &MeshWorld, pod: &str) -> u64 {
+    match w.target.agent_stats(pod).await {
+        Ok(s) => s.requests,
+        Err(e) => unchecked!("reading what {pod} served: {e:#}"),
     }
 }

@@ -3,9 +3,12 @@
 
 mod canary;
 mod circuit_breaker;
-mod common;
+pub(crate) mod common;
+mod fault_injection;
 mod jwt;
 mod latency;
 mod mtls;
 mod rate_limit;
-mod routing;
+mod routes;
+
+pub use fault_injection::FaultSample;

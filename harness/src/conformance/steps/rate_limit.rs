@@ -1,12 +1,23 @@
-//! Per-tenant rate limits at the edge: a tenant is limited at its tier's rate, and only itself.
+//! Per-tenant rate limits at the edge: exactly a tier's declared bucket passes before the first
+//! 429 (plus what refilled meanwhile, computed), and tenants never share a bucket.
+
+use std::time::{Duration, Instant};
 
 use cucumber::{given, then, when};
 
-use crate::conformance::steps::common::tally;
-use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
+use crate::conformance::steps::common::{batch, judge_every, unreachable};
+use crate::conformance::steps::jwt::token;
+use crate::conformance::world::{CALL_TIMEOUT, MeshWorld, RateLimited};
+use crate::declared::rate_limit::{Bucket, ingress_bucket};
 use crate::outcome::Outcome;
 use crate::target::{Call, From};
-use crate::token::{Tier, TokenSpec, mint};
+use crate::token::{Tier, TokenSpec};
+use crate::{promise, unchecked};
+
+/// Requests sent at once while draining a bucket (the suite shares the seed's pool).
+const CONCURRENCY: usize = 10;
+/// No tenant drains its bucket for longer than this.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 
 fn unique(tenant: &str) -> String {
     // Buckets live as long as the proxy: a fresh id per scenario keeps reruns independent.
@@ -17,15 +28,53 @@ fn unique(tenant: &str) -> String {
     format!("{tenant}-{}-{nanos:x}", std::process::id())
 }
 
-fn tenant_call(w: &MeshWorld, tenant: &str, path: &str) -> Call {
-    let (id, tier) = w.tenants.get(tenant).unwrap_or_else(|| {
-        panic!("tenant {tenant} was not introduced with `Given tenant {tenant} on the ... tier`")
-    });
-    let token = mint(&TokenSpec::new(id, *tier)).expect("minting a token");
+fn tenant(w: &MeshWorld, name: &str) -> (String, Tier) {
+    w.tenants.get(name).cloned().unwrap_or_else(|| {
+        unchecked!("tenant {name} was not introduced with `Given tenant {name} on the ... tier`")
+    })
+}
+
+async fn tenant_call(w: &MeshWorld, name: &str, path: &str) -> Call {
+    let (id, tier) = tenant(w, name);
+    let token = token(w, &TokenSpec::new(&id, tier)).await;
     let mut call = Call::new(From::Ingress { https: false }, "api-gateway", path)
         .header("authorization", &format!("Bearer {token}"));
     call.timeout = CALL_TIMEOUT;
     call
+}
+
+fn bucket_of(w: &MeshWorld, tier: Tier) -> Bucket {
+    let model = crate::declared::model(w.target.manifests());
+    ingress_bucket(&model, tier.as_str()).unwrap_or_else(|| {
+        crate::broken!(
+            "no EnvoyFilter declares a local rate limit bucket for the {} tier at the ingress gateway",
+            tier.as_str()
+        )
+    })
+}
+
+#[given(
+    regex = r"^the (free|pro|enterprise) tier's declared bucket is (\d+) requests, refilled (\d+) per (\S+)$"
+)]
+async fn declared_bucket(
+    w: &mut MeshWorld,
+    tier: String,
+    max: u64,
+    per_fill: u64,
+    interval: String,
+) {
+    let bucket = bucket_of(w, Tier::parse(&tier).expect("tier from the regex"));
+    let interval = crate::translate::duration::parse(&interval)
+        .unwrap_or_else(|| unchecked!("`{interval}` is not a duration"));
+    promise!(
+        bucket.max_tokens == max
+            && bucket.tokens_per_fill == per_fill
+            && bucket.fill_interval == interval,
+        "the promise is a {tier} bucket of {max} refilled {per_fill} per {}; the mesh declares a {}",
+        crate::declared::human(interval),
+        bucket.describe()
+    );
+    w.evidence(format!("{tier} tier: {}", bucket.describe()));
 }
 
 #[given(regex = r"^tenant (\S+) on the (free|pro|enterprise) tier$")]
@@ -37,30 +86,39 @@ async fn tenant_on_tier(w: &mut MeshWorld, tenant: String, tier: String) {
     );
 }
 
-/// Sends requests until the first non-2xx (counting every 2xx), at most `2 * limit + 10`: a token-bucket refill in
-/// the middle can at most double what a tenant gets, so this bound always reaches a 429.
+/// Sends requests in batches until the first non-2xx, counting every 2xx; stops past what the
+/// declared bucket could ever allow (plus a margin), so a missing limit ends too.
 #[when(
-    regex = r"^tenant (\S+) sends requests to (\S+) through the ingress(?: with header (\S+): (\S+))? until it is limited, at most twice its limit of (\d+)$"
+    regex = r"^tenant (\S+) sends requests to (\S+) through the ingress(?: with header (\S+): (\S+))? until it is limited$"
 )]
 async fn until_limited(
     w: &mut MeshWorld,
-    tenant: String,
+    name: String,
     path: String,
     header: String,
     value: String,
-    limit: u64,
 ) {
-    let mut call = tenant_call(w, &tenant, &path);
+    let (_, tier) = tenant(w, &name);
+    let bucket = bucket_of(w, tier);
+    let mut call = tenant_call(w, &name, &path).await;
     if !header.is_empty() {
         call = call.header(&header, &value);
     }
-    let mut allowed = 0;
+    let started = Instant::now();
+    let (mut allowed, mut sent) = (0u64, 0u64);
     let mut rejection = None;
-    // Concurrent batches; every 2xx counts, and the batch holding the first refusal is the last.
-    // 10 at a time: scenarios run side by side, and together they must stay under the seed's
-    // connection pool (50 connections + 50 pending) or the mesh rightly sheds them with 503s.
-    while rejection.is_none() && allowed <= 2 * limit + 10 {
-        for o in super::common::batch(w.target.clone(), 10, 10, call.clone()).await {
+    while rejection.is_none()
+        && allowed <= bucket.most_within(started.elapsed()) + CONCURRENCY as u64
+        && started.elapsed() < DRAIN_DEADLINE
+    {
+        for o in batch(w.target.clone(), CONCURRENCY, CONCURRENCY, call.clone())
+            .await
+            .outcomes
+        {
+            sent += 1;
+            if let Some(why) = unreachable(&o) {
+                unchecked!("tenant {name}: {why}");
+            }
             match o.status() {
                 Some(s) if (200..300).contains(&s) => allowed += 1,
                 _ if rejection.is_none() => rejection = Some(o),
@@ -68,46 +126,76 @@ async fn until_limited(
             }
         }
     }
-    w.rate_limited.insert(tenant, (allowed, rejection));
-}
-
-#[when(regex = r"^tenant (\S+) sends (\d+) requests to (\S+) through the ingress$")]
-async fn sends_n(w: &mut MeshWorld, tenant: String, n: usize, path: String) {
-    let call = tenant_call(w, &tenant, &path);
-    w.batch = super::common::batch(w.target.clone(), n, 10, call).await;
-}
-
-#[then(regex = r"^tenant (\S+) got at least (\d+) requests through before it was limited$")]
-async fn got_at_least(w: &mut MeshWorld, tenant: String, limit: u64) {
-    let (allowed, rejection) = w
-        .rate_limited
-        .get(&tenant)
-        .unwrap_or_else(|| panic!("tenant {tenant} sent nothing"));
-    let rejection = rejection
-        .as_ref()
-        .map(Outcome::summary)
-        .unwrap_or_else(|| "no rejection".into());
-    assert!(
-        *allowed >= limit && *allowed <= 2 * limit,
-        "tenant {tenant}: {allowed} requests were allowed before {rejection}; its tier allows {limit} per minute (at most {} with one refill)",
-        2 * limit
+    w.rate_limited.insert(
+        name,
+        RateLimited {
+            allowed,
+            sent,
+            elapsed: started.elapsed(),
+            rejection,
+        },
     );
 }
 
+fn drained<'a>(w: &'a MeshWorld, name: &str) -> &'a RateLimited {
+    match w.rate_limited.get(name) {
+        Some(r) if r.sent > 0 => r,
+        _ => unchecked!("tenant {name} sent no requests"),
+    }
+}
+
+#[when(regex = r"^tenant (\S+) sends (\d+) requests to (\S+) through the ingress$")]
+async fn sends_n(w: &mut MeshWorld, name: String, n: usize, path: String) {
+    let call = tenant_call(w, &name, &path).await;
+    w.batch = Some(batch(w.target.clone(), n, CONCURRENCY, call).await);
+}
+
+#[then(regex = r"^tenant (\S+) got exactly its tier's bucket before the first 429$")]
+async fn exactly_the_bucket(w: &mut MeshWorld, name: String) {
+    let (_, tier) = tenant(w, &name);
+    let bucket = bucket_of(w, tier);
+    let r = drained(w, &name);
+    let most = bucket.most_within(r.elapsed);
+    let why = r
+        .rejection
+        .as_ref()
+        .map(Outcome::summary)
+        .unwrap_or_else(|| "no refusal".into());
+    promise!(
+        r.allowed >= bucket.max_tokens && r.allowed <= most,
+        "tenant {name} ({} tier) got {} requests through before {why}; its {} allows {} to {most} within the {:.2} s it took",
+        tier.as_str(),
+        r.allowed,
+        bucket.describe(),
+        bucket.max_tokens,
+        r.elapsed.as_secs_f64()
+    );
+    let line = format!(
+        "n={}: tenant {name} got {} through in {:.2} s, then {why}; declared {} -> between {} and {most}",
+        r.sent,
+        r.allowed,
+        r.elapsed.as_secs_f64(),
+        bucket.describe(),
+        bucket.max_tokens
+    );
+    w.evidence(line);
+}
+
 #[then(regex = r#"^tenant (\S+) was refused with 429 "local_rate_limited" and the (\S+) header$"#)]
-async fn refused_with_429(w: &mut MeshWorld, tenant: String, header: String) {
-    let (allowed, rejection) = w
-        .rate_limited
-        .get(&tenant)
-        .unwrap_or_else(|| panic!("tenant {tenant} sent nothing"));
-    let Some(o) = rejection else {
-        panic!("tenant {tenant} was never limited: {allowed} requests all succeeded");
+async fn refused_with_429(w: &mut MeshWorld, name: String, header: String) {
+    let r = drained(w, &name);
+    let Some(o) = &r.rejection else {
+        crate::broken!(
+            "tenant {name} was never limited: {} requests all succeeded",
+            r.allowed
+        );
     };
-    assert!(
+    promise!(
         o.status() == Some(429)
             && o.body() == Some("local_rate_limited")
             && o.header(&header).is_some(),
-        "tenant {tenant}: after {allowed} allowed requests expected 429 \"local_rate_limited\" with {header}, got {} (headers {:?})",
+        "tenant {name}: after {} allowed requests expected 429 \"local_rate_limited\" with {header}, got {} (headers {:?})",
+        r.allowed,
         o.summary(),
         match o {
             Outcome::Response { headers, .. } =>
@@ -115,14 +203,16 @@ async fn refused_with_429(w: &mut MeshWorld, tenant: String, header: String) {
             _ => vec![],
         }
     );
+    let line = format!("n=1: tenant {name} refused with 429 local_rate_limited and {header}");
+    w.evidence(line);
 }
 
 #[then(regex = r"^all of tenant (\S+)'s requests succeed$")]
-async fn all_succeed(w: &mut MeshWorld, tenant: String) {
-    let ok = w
-        .batch
-        .iter()
-        .filter(|o| o.status().is_some_and(|s| (200..300).contains(&s)))
-        .count();
-    assert_eq!(ok, w.batch.len(), "tenant {tenant}: {}", tally(&w.batch));
+async fn all_succeed(w: &mut MeshWorld, name: String) {
+    let line = judge_every(
+        w.batch(),
+        &format!("tenant {name}'s request succeeds"),
+        |o| o.status().is_some_and(|s| (200..300).contains(&s)),
+    );
+    w.evidence(line);
 }
