@@ -2,21 +2,11 @@
 
 use std::time::Duration;
 
-/// Parses an Istio/Go-style duration: a number followed by h, m, s, ms or us (e.g. "1.5s").
+/// Parses an Istio/Go-style duration: a number followed by h, m, s, ms, us/µs or ns (e.g.
+/// "1.5s"). None for anything else: no unit, a negative or malformed number, or more than
+/// Envoy's protobuf limit of 315,576,000,000 s. The one parser is `meshtest_load::duration`.
 pub fn parse(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "h" => value * 3600.0,
-        "m" => value * 60.0,
-        "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    meshtest_load::duration::parse(text).ok()
 }
 
 /// Envoy's proto3 JSON duration: seconds with up to 9 fractional digits and an `s`.
@@ -40,6 +30,10 @@ mod tests {
         assert_eq!(parse("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse("soon"), None);
         assert_eq!(parse("10"), None);
+        assert_eq!(parse("250us"), Some(Duration::from_micros(250)));
+        assert_eq!(parse("-1s"), None);
+        assert_eq!(parse("99999999999999999999h"), None);
+        assert_eq!(parse("315576000001s"), None);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! `cargo run --release -p meshtest-load --example loadgen -- URL --connections 32 -d 10s`
 //! `... --example loadgen -- compare BASE CUR` runs the report comparison instead.
+//! Exit codes as `meshtest`'s: 0 ok, 1 failed (a threshold, nothing answered,
+//! a regression), 2 bad input, 3 could not check.
 
 use clap::{Parser, Subcommand};
 use meshtest_load::{CompareArgs, LoadArgs};
@@ -28,7 +30,7 @@ fn main() {
             Ok(regressed) => i32::from(regressed),
             Err(e) => {
                 eprintln!("loadgen: {e}");
-                if e.is_input() { 2 } else { 1 }
+                if e.is_input() { 2 } else { 3 }
             }
         },
         (None, Some(args)) => {
@@ -39,10 +41,10 @@ fn main() {
                 .build()
                 .expect("tokio runtime");
             match rt.block_on(meshtest_load::run_load(args)) {
-                Ok(_) => 0,
+                Ok(outcome) => i32::from(!outcome.passed()),
                 Err(e) => {
                     eprintln!("loadgen: {e}");
-                    if e.is_input() { 2 } else { 1 }
+                    if e.is_input() { 2 } else { 3 }
                 }
             }
         }

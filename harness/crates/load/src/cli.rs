@@ -5,7 +5,6 @@
 //! as a `LoadError::Input` naming the flag, whoever built the args.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// `meshtest load URL [--rate R | --connections C] [--duration D | --requests N] ...`
 #[derive(clap::Args, Debug, Clone)]
@@ -13,23 +12,24 @@ pub struct LoadArgs {
     /// Target URL (http:// or https://).
     pub url: String,
 
-    /// Open loop: send this many requests per second at fixed intended times.
+    /// Open loop: send this many requests per second at fixed intended times
+    /// (0.01 to 10000000).
     #[arg(long, conflicts_with = "connections")]
     pub rate: Option<f64>,
 
-    /// Closed loop: keep this many connections busy as fast as they go.
+    /// Closed loop: keep this many connections busy as fast as they go (1 to 100000).
     #[arg(long, short = 'c')]
     pub connections: Option<usize>,
 
-    /// How long to measure, e.g. 10s, 500ms, 2m (default 10s).
+    /// How long to measure, e.g. 10s, 500ms, 2m (default 10s; at most 30 days).
     #[arg(long, short = 'd', conflicts_with = "requests")]
     pub duration: Option<String>,
 
-    /// Stop after this many measured requests.
+    /// Stop after this many measured requests (1 to 1000000000).
     #[arg(long, short = 'n')]
     pub requests: Option<u64>,
 
-    /// Send load for this long before measuring, e.g. 2s.
+    /// Send load for this long before measuring, e.g. 2s (at most 1 day).
     #[arg(long)]
     pub warmup: Option<String>,
 
@@ -69,9 +69,14 @@ pub struct LoadArgs {
     #[arg(long)]
     pub tier: Option<String>,
 
-    /// Per-request timeout, e.g. 10s.
+    /// Per-request timeout, e.g. 10s (at most 1h).
     #[arg(long, default_value = "10s")]
     pub timeout: String,
+
+    /// Pass/fail rule checked after the run (repeatable), e.g. 'p99<500ms',
+    /// 'errors<1%', 'rps>=100'. Any failed rule makes the exit code 1.
+    #[arg(long = "threshold", value_name = "EXPR")]
+    pub thresholds: Vec<String>,
 
     /// Where to write the report (default reports/<timestamp>/).
     #[arg(long)]
@@ -112,6 +117,7 @@ impl LoadArgs {
             tenant: None,
             tier: None,
             timeout: "10s".into(),
+            thresholds: Vec::new(),
             report_dir: None,
             name: "load".into(),
             no_progress: false,
@@ -120,59 +126,35 @@ impl LoadArgs {
     }
 }
 
-/// `meshtest report compare BASE CUR [--max-p99-regression PCT]`
+/// `meshtest report compare BASE CUR [--max-p99-regression PCT]
+/// [--max-error-rate-increase PP] [--min-throughput-ratio R]`
 #[derive(clap::Args, Debug, Clone)]
 pub struct CompareArgs {
     /// Baseline report directory or summary.json.
     pub base: PathBuf,
     /// Current report directory or summary.json.
     pub cur: PathBuf,
-    /// Fail when CUR p99 exceeds BASE p99 by more than this percentage.
-    #[arg(long, default_value_t = 10.0)]
+    /// Fail when CUR p99 exceeds BASE p99 by more than this percentage (0-10000).
+    #[arg(long, value_name = "PCT", default_value_t = 10.0)]
     pub max_p99_regression: f64,
+    /// Fail when CUR's error rate exceeds BASE's by more than this many
+    /// percentage points (0-100).
+    #[arg(long, value_name = "PP", default_value_t = 0.5)]
+    pub max_error_rate_increase: f64,
+    /// Fail when CUR's achieved rate is below this fraction of BASE's (0-1).
+    #[arg(long, value_name = "RATIO", default_value_t = 0.95)]
+    pub min_throughput_ratio: f64,
 }
 
-/// Parses "10s", "500ms", "2m", "1h", "250us", "1.5s". A unit is required so
-/// that "10" is never silently read as seconds or milliseconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("'{text}' has no unit (use ms, s, m or h)"))?;
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' does not start with a number"))?;
-    let secs = match unit {
-        "us" | "µs" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "'{text}' has unknown unit '{unit}' (use ms, s, m or h)"
-            ));
+impl CompareArgs {
+    /// The two reports with the default gates.
+    pub fn new(base: impl Into<PathBuf>, cur: impl Into<PathBuf>) -> Self {
+        CompareArgs {
+            base: base.into(),
+            cur: cur.into(),
+            max_p99_regression: 10.0,
+            max_error_rate_increase: 0.5,
+            min_throughput_ratio: 0.95,
         }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{text}' is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("ten s").is_err());
-        assert!(parse_duration("5y").is_err());
     }
 }

@@ -14,7 +14,7 @@ use crate::http1;
 use crate::plan::{LoadPlan, Mode, Stop};
 use crate::progress::Progress;
 use crate::record::{Recorder, body_version};
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, after};
 
 /// What a run measured. Histograms are in microseconds.
 #[derive(Debug, Clone)]
@@ -155,6 +155,7 @@ impl Ctx {
 /// on the current tokio runtime (a current-thread runtime is the most
 /// efficient when the generator is pinned to one core).
 pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
+    plan.validate()?;
     let connector = Connector::new(plan)?;
     let rec = Arc::new(Mutex::new(Recorder::default()));
     let start = Instant::now();
@@ -163,7 +164,7 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
         Mode::Open { rate, .. } => Some(Schedule::new(start, rate, plan.warmup, plan.stop)),
         Mode::Closed { .. } => None,
     };
-    let measure_start = schedule.map_or(start + plan.warmup, |s| s.measure_start());
+    let measure_start = schedule.map_or(after(start, plan.warmup), |s| s.measure_start());
     let ctx = Arc::new(Ctx {
         connector,
         fast: http1::Target::for_plan(plan),
@@ -201,9 +202,7 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
     };
     // Open loop: the measured window is at least the schedule's span (n / rate),
     // so a fast server achieves exactly the asked rate rather than n / (n - 1) of it.
-    let span = schedule.map_or(Duration::ZERO, |s| {
-        Duration::from_secs_f64(s.measured() as f64 / s.rate())
-    });
+    let span = schedule.map_or(Duration::ZERO, |s| s.span());
     let elapsed = if recorder.total() > 0 {
         recorder.last_done.max(span)
     } else {
@@ -216,7 +215,7 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
         http2: plan.http2,
         tenant: plan.tenant.clone(),
         tier: plan.tier.clone(),
-        started_at: wall_start + plan.warmup,
+        started_at: wall_start.checked_add(plan.warmup).unwrap_or(wall_start),
         warmup: plan.warmup,
         elapsed,
         recorder,
@@ -235,10 +234,14 @@ async fn closed_loop(ctx: Arc<Ctx>, connections: usize, stop: Stop) {
             let mut conn = None;
             let mut fast = ctx.fast.as_ref().map(|_| http1::Worker::default());
             let mut begin = Instant::now();
+            let end = match stop {
+                Stop::Duration(d) => after(ctx.measure_start, d),
+                Stop::Requests(_) => ctx.measure_start,
+            };
             loop {
                 if begin >= ctx.measure_start {
                     let more = match stop {
-                        Stop::Duration(d) => begin < ctx.measure_start + d,
+                        Stop::Duration(_) => begin < end,
                         Stop::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
                     };
                     if !more {

@@ -29,6 +29,10 @@ pub enum LoadError {
         #[source]
         source: serde_json::Error,
     },
+    /// The inputs are valid but no verdict is possible (e.g. `report compare`
+    /// with a BASE that has no successful response). Exit code 3.
+    #[error("cannot check: {0}")]
+    Unchecked(String),
     /// An internal task or thread failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -49,6 +53,11 @@ impl LoadError {
             path: path.into(),
             source,
         }
+    }
+
+    /// True when no verdict could be reached although the input was valid (exit code 3).
+    pub fn is_unchecked(&self) -> bool {
+        matches!(self, LoadError::Unchecked(_))
     }
 
     /// True when the error came from bad user input (exit code 2).

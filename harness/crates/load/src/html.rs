@@ -358,6 +358,26 @@ pub fn render(
                 .map(|(k, n)| format!("HTTP {k}: {n}")),
         )
         .collect();
+    let thresholds = if s.thresholds.is_empty() {
+        String::new()
+    } else {
+        let rows: String = s
+            .thresholds
+            .iter()
+            .map(|t| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                    esc(&t.expression),
+                    esc(&t.observed_text()),
+                    esc(&t.limit_text()),
+                    t.verdict
+                )
+            })
+            .collect();
+        format!(
+            "<table><tr><th>threshold</th><th>observed</th><th>limit</th><th>verdict</th></tr>\n{rows}</table>\n"
+        )
+    };
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>meshtest load: {name}</title>
@@ -370,7 +390,7 @@ pub fn render(
 <table><tr><th>latency (ms)</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>
 {rows}</table>
 <p>{errors}</p>
-{lat_svg}
+{thresholds}{lat_svg}
 {thr_svg}
 {p99_svg}
 <p>Open-loop latency is measured from each request's intended send time (coordinated omission corrected). Timeline buckets are {bucket}s wide.</p>

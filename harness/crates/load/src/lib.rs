@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod client;
 pub mod compare;
+pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod hgrm;
@@ -17,6 +18,7 @@ pub mod record;
 pub mod report;
 pub mod schedule;
 pub mod summary;
+pub mod threshold;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -26,20 +28,73 @@ pub use client::ErrorKind;
 pub use engine::{LoadResult, run};
 pub use error::LoadError;
 pub use plan::{ClientChoice, LoadPlan, Mode, Stop};
-pub use report::write_report;
+pub use report::{write_report, write_report_with};
 pub use summary::Summary;
+pub use threshold::{Threshold, ThresholdOut, Verdict};
 
 /// What `meshtest load` produced.
 #[derive(Debug)]
 pub struct Outcome {
     pub result: LoadResult,
+    /// The summary as written, thresholds judged.
     pub summary: Summary,
     /// Directory holding summary.json, NAME.hgrm and index.html.
     pub report_dir: PathBuf,
 }
 
-/// `meshtest load`: validate flags, run, write the report, print a short summary
-/// on stdout. Input mistakes are `LoadError::Input` (exit code 2).
+impl Outcome {
+    /// Why the run failed, one reason a line; empty when it passed. A run fails
+    /// when no request got a response at all, and when a `--threshold` failed
+    /// or could not be checked.
+    pub fn failures(&self) -> Vec<String> {
+        let s = &self.summary;
+        let mut why = Vec::new();
+        if s.responses() == 0 {
+            let kinds: Vec<String> = s
+                .error_counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(kind, n)| format!("{kind} x{n}"))
+                .collect();
+            why.push(if kinds.is_empty() {
+                format!("no request got a response ({} requests)", s.requests.total)
+            } else {
+                format!(
+                    "no request got a response ({} of {} failed without one: {})",
+                    s.requests.transport_errors,
+                    s.requests.total,
+                    kinds.join(", ")
+                )
+            });
+        }
+        let broken: Vec<String> = s
+            .thresholds
+            .iter()
+            .filter(|t| !t.passed)
+            .map(|t| format!("{} ({})", t.expression, t.verdict))
+            .collect();
+        if !broken.is_empty() {
+            why.push(format!(
+                "{} of {} thresholds not met: {}",
+                broken.len(),
+                s.thresholds.len(),
+                broken.join(", ")
+            ));
+        }
+        why
+    }
+
+    /// True when something answered and every threshold held (exit code 0;
+    /// otherwise 1).
+    pub fn passed(&self) -> bool {
+        self.failures().is_empty()
+    }
+}
+
+/// `meshtest load`: validate flags, run, judge the thresholds, write the
+/// report, print a short summary on stdout. Input mistakes are
+/// `LoadError::Input` (exit code 2); a run that fails its thresholds or gets
+/// no response is `Ok` with [`Outcome::passed`] false (exit code 1).
 pub async fn run_load(args: LoadArgs) -> Result<Outcome, LoadError> {
     let plan = LoadPlan::from_args(&args)?;
     let started = std::time::SystemTime::now();
@@ -48,17 +103,24 @@ pub async fn run_load(args: LoadArgs) -> Result<Outcome, LoadError> {
         .report_dir
         .clone()
         .unwrap_or_else(|| report::default_dir(started));
-    write_report(&dir, &plan.name, &result)?;
-    let summary = Summary::from_result(&plan.name, &result);
-    print_summary(&summary, &dir);
-    Ok(Outcome {
+    let mut summary = Summary::from_result(&plan.name, &result);
+    summary.thresholds = plan
+        .thresholds
+        .iter()
+        .map(|t| t.evaluate(&summary))
+        .collect();
+    write_report_with(&dir, &plan.name, &result, &summary)?;
+    let outcome = Outcome {
         result,
         summary,
         report_dir: dir,
-    })
+    };
+    print_summary(&outcome);
+    Ok(outcome)
 }
 
-fn print_summary(s: &Summary, dir: &std::path::Path) {
+fn print_summary(o: &Outcome) {
+    let (s, dir) = (&o.summary, &o.report_dir);
     let asked = s.rate.asked.map_or("-".into(), |a| format!("{a:.1}"));
     let l = &s.latency_ms;
     println!(
@@ -90,7 +152,7 @@ fn print_summary(s: &Summary, dir: &std::path::Path) {
     if !failures.is_empty() {
         println!("no response: {}", failures.join(", "));
     }
-    if s.requests.total > s.requests.transport_errors {
+    if s.responses() > 0 {
         println!(
             "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
             l.p50, l.p90, l.p99, l.p99_9, l.max
@@ -98,21 +160,34 @@ fn print_summary(s: &Summary, dir: &std::path::Path) {
     } else {
         println!("latency ms: none (no request got a response)");
     }
+    for t in &s.thresholds {
+        println!("{}", t.line());
+    }
     println!("report: {}", dir.display());
+    for why in o.failures() {
+        println!("FAILED: {why}");
+    }
+    if o.passed() && !s.thresholds.is_empty() {
+        println!("ok: all {} thresholds held", s.thresholds.len());
+    }
 }
 
-/// `meshtest report compare BASE CUR`: prints the differences and returns true
-/// when CUR's p99 regressed beyond `--max-p99-regression` (exit code 1).
+/// `meshtest report compare BASE CUR`: prints the differences and the rules,
+/// and returns true when CUR regressed (exit code 1). Flags out of range and
+/// unreadable summaries are `LoadError::Input` (exit code 2); a BASE without a
+/// successful response is `LoadError::Unchecked` (exit code 3) unless CUR
+/// regressed on its own.
 pub fn run_compare(args: CompareArgs) -> Result<bool, LoadError> {
-    if !(args.max_p99_regression.is_finite() && args.max_p99_regression >= 0.0) {
-        return Err(LoadError::input(format!(
-            "--max-p99-regression {}: must be a non-negative number",
-            args.max_p99_regression
-        )));
-    }
+    let gates = compare::Gates::from_args(&args)?;
     let base = compare::load_summary(&args.base)?;
     let cur = compare::load_summary(&args.cur)?;
-    let c = compare::compare(&base, &cur, args.max_p99_regression);
+    let c = compare::compare(&base, &cur, &gates);
     print!("{}", c.table);
+    if let Some(why) = c.unchecked {
+        return Err(LoadError::Unchecked(format!(
+            "{}: {why}",
+            args.base.display()
+        )));
+    }
     Ok(c.regressed)
 }

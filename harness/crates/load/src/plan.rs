@@ -7,8 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
-use crate::cli::{LoadArgs, parse_duration};
+use crate::cli::LoadArgs;
+use crate::duration::{self, human};
 use crate::error::{LoadError, Result};
+use crate::threshold::{self, Threshold};
 use crate::tls;
 
 /// Default measured duration when neither --duration nor --requests is given.
@@ -16,6 +18,22 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Open loop opens connections on demand up to this many (HTTP/1.1 has one
 /// request in flight per connection, so this caps concurrency).
 pub const DEFAULT_MAX_OPEN_CONNECTIONS: usize = 1024;
+
+/// Smallest --rate, requests per second (one request every 100 s).
+pub const MIN_RATE: f64 = 0.01;
+/// Largest --rate, requests per second.
+pub const MAX_RATE: f64 = 10_000_000.0;
+/// Longest --duration: 30 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+/// Longest --warmup: 1 day.
+pub const MAX_WARMUP: Duration = Duration::from_secs(86_400);
+/// Longest --timeout: 1 hour.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// Most requests one run may send: --requests, and in the open loop every
+/// scheduled request (warmup included).
+pub const MAX_REQUESTS: u64 = 1_000_000_000;
+/// Most --connections (and the open loop's in-flight cap).
+pub const MAX_CONNECTIONS: usize = 100_000;
 
 /// How requests are issued.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,6 +97,8 @@ pub struct LoadPlan {
     pub report_dir: Option<PathBuf>,
     pub name: String,
     pub progress: bool,
+    /// `--threshold` rules, judged by [`crate::run_load`] after the run.
+    pub thresholds: Vec<Threshold>,
 }
 
 impl std::fmt::Debug for LoadPlan {
@@ -93,12 +113,13 @@ impl std::fmt::Debug for LoadPlan {
             .field("tls", &self.tls.is_some())
             .field("timeout", &self.timeout)
             .field("client", &self.client)
+            .field("thresholds", &self.thresholds)
             .finish_non_exhaustive()
     }
 }
 
 fn flag_duration(flag: &str, text: &str) -> Result<Duration> {
-    parse_duration(text).map_err(|e| LoadError::input(format!("{flag}: {e}")))
+    duration::parse(text).map_err(|e| LoadError::input(format!("{flag}: {e}")))
 }
 
 fn read_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -118,7 +139,8 @@ pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue)> {
     Ok((name, value))
 }
 
-/// Parses and checks the target URL.
+/// Parses and checks the target URL: http:// or https://, a host, and an
+/// explicit port (if any) from 1 to 65535.
 pub fn parse_target(url: &str) -> Result<Target> {
     let bad = |why: &str| LoadError::input(format!("URL '{url}': {why}"));
     let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
@@ -128,14 +150,44 @@ pub fn parse_target(url: &str) -> Result<Target> {
         Some(other) => return Err(bad(&format!("unsupported scheme '{other}'"))),
         None => return Err(bad("missing scheme (http:// or https://)")),
     };
-    let host = uri.host().ok_or_else(|| bad("missing host"))?;
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    if authority.contains('@') {
+        return Err(bad(
+            "user info in the URL is not supported (send credentials with -H 'authorization: ...')",
+        ));
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("missing host"))?;
+    // `Uri::port_u16` is None for a port that is not a u16, which would
+    // silently mean the default port: check the text after the host.
+    let port = match authority.strip_prefix(host) {
+        Some("") => {
+            if https {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => {
+            let digits = p.strip_prefix(':').unwrap_or(p);
+            digits
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n >= 1 && digits.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| bad(&format!("port '{digits}' is not a number from 1 to 65535")))?
+        }
+        None => return Err(bad("cannot tell the host from the port")),
+    };
     // Strip IPv6 brackets for connecting; keep them in the authority.
     let bare = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
     // Always carry a path so HTTP/1 origin-form and HTTP/2 :path are valid.
     let uri = if uri.path_and_query().is_none() {
         Uri::builder()
@@ -156,6 +208,121 @@ pub fn parse_target(url: &str) -> Result<Target> {
     })
 }
 
+/// A number for an error message: plain, or in e-notation when huge or tiny
+/// (so `--rate 1e300` is not echoed as 301 digits).
+fn num(x: f64) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-3..1e9).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// Checks every number of a plan against its range; each error names the flag.
+fn check_numbers(mode: Mode, stop: Stop, warmup: Duration, timeout: Duration) -> Result<()> {
+    match mode {
+        Mode::Open {
+            rate,
+            max_connections,
+        } => {
+            if !(rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate)) {
+                return Err(LoadError::input(format!(
+                    "--rate {}: must be from {MIN_RATE} to {MAX_RATE} requests per second",
+                    num(rate)
+                )));
+            }
+            if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+                return Err(LoadError::input(format!(
+                    "--rate: the open loop's cap on requests in flight ({max_connections}) must be from 1 to {MAX_CONNECTIONS}"
+                )));
+            }
+        }
+        Mode::Closed { connections } => {
+            if !(1..=MAX_CONNECTIONS).contains(&connections) {
+                return Err(LoadError::input(format!(
+                    "--connections {connections}: must be from 1 to {MAX_CONNECTIONS}"
+                )));
+            }
+        }
+    }
+    match stop {
+        Stop::Duration(d) if d.is_zero() => {
+            return Err(LoadError::input("--duration: must be greater than zero"));
+        }
+        Stop::Duration(d) if d > MAX_DURATION => {
+            return Err(LoadError::input(format!(
+                "--duration {}: must be at most {} (30 days)",
+                human(d),
+                human(MAX_DURATION)
+            )));
+        }
+        Stop::Requests(n) if !(1..=MAX_REQUESTS).contains(&n) => {
+            return Err(LoadError::input(format!(
+                "--requests {n}: must be from 1 to {MAX_REQUESTS}"
+            )));
+        }
+        _ => {}
+    }
+    if warmup > MAX_WARMUP {
+        return Err(LoadError::input(format!(
+            "--warmup {}: must be at most {} (1 day)",
+            human(warmup),
+            human(MAX_WARMUP)
+        )));
+    }
+    if timeout.is_zero() {
+        return Err(LoadError::input("--timeout: must be greater than zero"));
+    }
+    if timeout > MAX_TIMEOUT {
+        return Err(LoadError::input(format!(
+            "--timeout {}: must be at most {}",
+            human(timeout),
+            human(MAX_TIMEOUT)
+        )));
+    }
+    // The open loop schedules every request up front: bound their number and
+    // how long sending them takes.
+    if let Mode::Open { rate, .. } = mode {
+        let warm = (warmup.as_secs_f64() * rate).ceil();
+        let (measured, stop_flag) = match stop {
+            Stop::Duration(d) => (
+                (d.as_secs_f64() * rate).ceil(),
+                format!("--duration {}", human(d)),
+            ),
+            Stop::Requests(n) => {
+                let span = n as f64 / rate;
+                if span > MAX_DURATION.as_secs_f64() {
+                    return Err(LoadError::input(format!(
+                        "--requests {n} at --rate {}: sending them takes {}s, longer than the {} limit of --duration; raise --rate or lower --requests",
+                        num(rate),
+                        num(span.round()),
+                        human(MAX_DURATION)
+                    )));
+                }
+                (n as f64, format!("--requests {n}"))
+            }
+        };
+        let total = warm + measured;
+        if total > MAX_REQUESTS as f64 {
+            let flag = stop_flag.split(' ').next().unwrap_or_default();
+            let (with, lower) = if warm > 0.0 {
+                (
+                    format!("{stop_flag} and --warmup {}", human(warmup)),
+                    format!("--rate, {flag} or --warmup"),
+                )
+            } else {
+                (stop_flag.clone(), format!("--rate or {flag}"))
+            };
+            return Err(LoadError::input(format!(
+                "--rate {} with {with} schedules {} requests, more than the limit of {MAX_REQUESTS}: lower {lower}",
+                num(rate),
+                num(total)
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl LoadPlan {
     /// Validates raw flags. Every error is `LoadError::Input` naming the flag or file.
     pub fn from_args(args: &LoadArgs) -> Result<LoadPlan> {
@@ -167,16 +334,10 @@ impl LoadPlan {
                     "--rate and --connections conflict: --rate is open loop, --connections closed loop",
                 ));
             }
-            (Some(r), None) if !(r.is_finite() && r > 0.0) => {
-                return Err(LoadError::input(format!(
-                    "--rate {r}: must be a positive number"
-                )));
-            }
             (Some(rate), None) => Mode::Open {
                 rate,
                 max_connections: DEFAULT_MAX_OPEN_CONNECTIONS,
             },
-            (None, Some(0)) => return Err(LoadError::input("--connections 0: must be at least 1")),
             (None, Some(c)) => Mode::Closed { connections: c },
             (None, None) => Mode::Closed { connections: 1 },
         };
@@ -187,14 +348,7 @@ impl LoadPlan {
                     "--duration and --requests conflict: give one",
                 ));
             }
-            (Some(d), None) => {
-                let d = flag_duration("--duration", d)?;
-                if d.is_zero() {
-                    return Err(LoadError::input("--duration: must be greater than zero"));
-                }
-                Stop::Duration(d)
-            }
-            (None, Some(0)) => return Err(LoadError::input("--requests 0: must be at least 1")),
+            (Some(d), None) => Stop::Duration(flag_duration("--duration", d)?),
             (None, Some(n)) => Stop::Requests(n),
             (None, None) => Stop::Duration(DEFAULT_DURATION),
         };
@@ -204,9 +358,13 @@ impl LoadPlan {
             None => Duration::ZERO,
         };
         let timeout = flag_duration("--timeout", &args.timeout)?;
-        if timeout.is_zero() {
-            return Err(LoadError::input("--timeout: must be greater than zero"));
-        }
+        check_numbers(mode, stop, warmup, timeout)?;
+
+        let thresholds = args
+            .thresholds
+            .iter()
+            .map(|t| threshold::parse(t).map_err(|e| LoadError::input(format!("--threshold {e}"))))
+            .collect::<Result<Vec<_>>>()?;
 
         let method = Method::from_bytes(args.method.as_bytes())
             .map_err(|_| LoadError::input(format!("-X '{}': invalid method", args.method)))?;
@@ -276,6 +434,7 @@ impl LoadPlan {
             report_dir: args.report_dir.clone(),
             name: args.name.clone(),
             progress: !args.no_progress,
+            thresholds,
         };
         if client == ClientChoice::Fast && !crate::http1::eligible(&plan) {
             return Err(LoadError::input(
@@ -283,6 +442,13 @@ impl LoadPlan {
             ));
         }
         Ok(plan)
+    }
+
+    /// Checks the plan's numbers (rate, connections, duration, requests, warmup,
+    /// timeout) against their ranges, as [`LoadPlan::from_args`] does; [`crate::run`]
+    /// calls it so a plan filled in by hand cannot overflow the schedule either.
+    pub fn validate(&self) -> Result<()> {
+        check_numbers(self.mode, self.stop, self.warmup, self.timeout)
     }
 
     /// "open" or "closed", as written in summary.json.
@@ -341,6 +507,186 @@ mod tests {
         let mut a = args("http://h");
         a.timeout = "0s".into();
         assert!(input_err(&a).contains("--timeout"));
+    }
+
+    type Set = fn(&mut LoadArgs);
+
+    #[test]
+    fn every_numeric_flag_is_range_checked() {
+        let cases: Vec<(&str, Set)> = vec![
+            ("--rate", |a| a.rate = Some(0.0)),
+            ("--rate", |a| a.rate = Some(-5.0)),
+            ("--rate", |a| a.rate = Some(f64::NAN)),
+            ("--rate", |a| a.rate = Some(f64::INFINITY)),
+            ("--rate", |a| a.rate = Some(1e-300)),
+            ("--rate", |a| a.rate = Some(0.009)),
+            ("--rate", |a| a.rate = Some(1e300)),
+            ("--rate", |a| a.rate = Some(10_000_001.0)),
+            ("--connections", |a| a.connections = Some(0)),
+            ("--connections", |a| a.connections = Some(100_001)),
+            ("--connections", |a| a.connections = Some(usize::MAX)),
+            ("--requests", |a| a.requests = Some(0)),
+            ("--requests", |a| a.requests = Some(1_000_000_001)),
+            ("--requests", |a| a.requests = Some(u64::MAX)),
+            ("--duration", |a| a.duration = Some("0s".into())),
+            ("--duration", |a| a.duration = Some("721h".into())),
+            ("--duration", |a| a.duration = Some("-1s".into())),
+            ("--duration", |a| {
+                a.duration = Some("99999999999999999999h".into())
+            }),
+            ("--warmup", |a| a.warmup = Some("25h".into())),
+            ("--warmup", |a| a.warmup = Some("1e3s".into())),
+            ("--timeout", |a| a.timeout = "0s".into()),
+            ("--timeout", |a| a.timeout = "61m".into()),
+            ("--timeout", |a| a.timeout = "10".into()),
+            ("--threshold", |a| a.thresholds = vec!["p99<1000".into()]),
+            ("--threshold", |a| a.thresholds = vec!["p95<1s".into()]),
+        ];
+        for (flag, set) in cases {
+            let mut a = args("http://127.0.0.1:8080");
+            set(&mut a);
+            let e = input_err(&a);
+            assert!(e.starts_with(flag), "{flag}: {e}");
+        }
+        // The edges themselves are fine.
+        for set in [
+            |a: &mut LoadArgs| a.rate = Some(MIN_RATE),
+            |a: &mut LoadArgs| a.rate = Some(MAX_RATE),
+            |a: &mut LoadArgs| a.connections = Some(MAX_CONNECTIONS),
+            |a: &mut LoadArgs| a.requests = Some(MAX_REQUESTS),
+            |a: &mut LoadArgs| a.duration = Some("720h".into()),
+            |a: &mut LoadArgs| a.warmup = Some("24h".into()),
+            |a: &mut LoadArgs| a.timeout = "1h".into(),
+        ] {
+            let mut a = args("http://127.0.0.1:8080");
+            set(&mut a);
+            LoadPlan::from_args(&a).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_open_loop_schedule_is_bounded() {
+        let open = |rate: f64, f: &dyn Fn(&mut LoadArgs)| {
+            let mut a = args("http://127.0.0.1:8080");
+            a.rate = Some(rate);
+            f(&mut a);
+            LoadPlan::from_args(&a)
+        };
+        // 1e7/s for 100 s would be 1e9 + 1 requests... exactly 1e9 is fine.
+        open(MAX_RATE, &|a| a.duration = Some("100s".into())).unwrap();
+        let e = open(MAX_RATE, &|a| a.duration = Some("101s".into())).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--rate 10000000 with --duration 101s schedules 1.01e9 requests"),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("lower --rate or --duration"), "{e}");
+        let e = open(MAX_RATE, &|a| {
+            a.duration = Some("60s".into());
+            a.warmup = Some("60s".into());
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("--duration 1m and --warmup 1m"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("lower --rate, --duration or --warmup"),
+            "{e}"
+        );
+        let e = open(MAX_RATE, &|a| {
+            a.requests = Some(MAX_REQUESTS);
+            a.warmup = Some("1s".into());
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--requests 1000000000 and --warmup 1s"),
+            "{e}"
+        );
+        // --requests at a slow rate must not take longer than the longest --duration.
+        let e = open(MIN_RATE, &|a| a.requests = Some(1_000_000)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--requests 1000000 at --rate 0.01"),
+            "{e}"
+        );
+        open(MIN_RATE, &|a| a.requests = Some(25_920)).unwrap();
+        // The reported cases.
+        for (rate, f) in [
+            (
+                1e300,
+                &(|a: &mut LoadArgs| a.duration = Some("1s".into())) as &dyn Fn(&mut LoadArgs),
+            ),
+            (1e300, &|a: &mut LoadArgs| a.warmup = Some("1s".into())),
+            (1e-300, &|_: &mut LoadArgs| {}),
+        ] {
+            assert!(open(rate, f).unwrap_err().to_string().starts_with("--rate"));
+        }
+    }
+
+    #[test]
+    fn hand_filled_plans_are_checked_too() {
+        let mut p = LoadPlan::from_args(&args("http://127.0.0.1:8080")).unwrap();
+        p.validate().unwrap();
+        p.mode = Mode::Open {
+            rate: 1e300,
+            max_connections: 1024,
+        };
+        assert!(p.validate().unwrap_err().to_string().starts_with("--rate"));
+        p.mode = Mode::Open {
+            rate: 10.0,
+            max_connections: 0,
+        };
+        assert!(p.validate().is_err());
+        p.mode = Mode::Closed { connections: 1 };
+        p.stop = Stop::Duration(Duration::MAX);
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--duration")
+        );
+    }
+
+    #[test]
+    fn explicit_ports_must_be_real_ports() {
+        for bad in [
+            "http://127.0.0.1:99999/",
+            "http://127.0.0.1:65536/",
+            "http://127.0.0.1:0/",
+            "http://127.0.0.1:/",
+            "http://[::1]:70000/",
+            "https://h:123456789012345678901234567890/",
+        ] {
+            let e = match parse_target(bad) {
+                Err(LoadError::Input(m)) => m,
+                other => panic!("{bad}: {other:?}"),
+            };
+            assert!(e.starts_with(&format!("URL '{bad}': port")), "{e}");
+        }
+        let t = parse_target("http://127.0.0.1:65535").unwrap();
+        assert_eq!((t.port, t.authority.as_str()), (65535, "127.0.0.1:65535"));
+        let t = parse_target("http://127.0.0.1:00080/x").unwrap();
+        assert_eq!(t.port, 80);
+        let t = parse_target("https://[::1]:8443/").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8443));
+        assert_eq!(parse_target("https://[::1]/").unwrap().port, 443);
+        assert_eq!(parse_target("http://example.test").unwrap().port, 80);
+        assert!(input_err(&args("http://u:p@127.0.0.1/")).contains("user info"));
+    }
+
+    #[test]
+    fn thresholds_are_parsed_into_the_plan() {
+        let mut a = args("http://127.0.0.1:8080");
+        a.thresholds = vec!["p99<1000ms".into(), "errors<1%".into()];
+        let p = LoadPlan::from_args(&a).unwrap();
+        assert_eq!(p.thresholds.len(), 2);
+        assert_eq!(p.thresholds[0].limit, 1000.0);
+        a.thresholds.push("p99<<1s".into());
+        let e = input_err(&a);
+        assert!(e.starts_with("--threshold 'p99<<1s': "), "{e}");
     }
 
     #[test]

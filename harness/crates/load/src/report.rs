@@ -11,9 +11,19 @@ use crate::{hgrm, html};
 /// Writes the three report files into `dir` (created if needed) and returns the
 /// path of summary.json.
 pub fn write_report(dir: &Path, name: &str, result: &LoadResult) -> Result<PathBuf> {
+    write_report_with(dir, name, result, &Summary::from_result(name, result))
+}
+
+/// [`write_report`] with a summary the caller built from `result` (e.g. with
+/// its thresholds judged).
+pub fn write_report_with(
+    dir: &Path,
+    name: &str,
+    result: &LoadResult,
+    summary: &Summary,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| LoadError::io("creating report dir", dir, e))?;
-    let summary = Summary::from_result(name, result);
-    let json = serde_json::to_string_pretty(&summary).map_err(|e| LoadError::Json {
+    let json = serde_json::to_string_pretty(summary).map_err(|e| LoadError::Json {
         path: dir.join("summary.json"),
         source: e,
     })?;
@@ -30,7 +40,7 @@ pub fn write_report(dir: &Path, name: &str, result: &LoadResult) -> Result<PathB
         .map(|(v, h)| (v.as_str(), h))
         .collect();
     versions.sort_by(|a, b| a.0.cmp(b.0));
-    let page = html::render(&summary, &result.recorder.latency, &versions);
+    let page = html::render(summary, &result.recorder.latency, &versions);
     write(&dir.join("index.html"), page)?;
     Ok(summary_path)
 }

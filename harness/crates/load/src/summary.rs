@@ -12,8 +12,10 @@ use crate::client::ErrorKind;
 use crate::engine::LoadResult;
 use crate::plan::Mode;
 use crate::record::CLASS_NAMES;
+use crate::threshold::ThresholdOut;
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: adds `thresholds`. Version 1 files (no `thresholds`) still load.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
@@ -48,6 +50,9 @@ pub struct Summary {
     /// Latency per upstream "version" found in JSON response bodies.
     pub versions: BTreeMap<String, Group>,
     pub timeline: TimelineOut,
+    /// `--threshold` rules and how they came out, in the order given.
+    #[serde(default)]
+    pub thresholds: Vec<ThresholdOut>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -234,7 +239,15 @@ impl Summary {
                 bucket_s: rec.timeline.width_s(),
                 buckets,
             },
+            thresholds: Vec::new(),
         }
+    }
+
+    /// Requests that got an HTTP response, any status.
+    pub fn responses(&self) -> u64 {
+        self.requests
+            .total
+            .saturating_sub(self.requests.transport_errors)
     }
 
     /// Share of requests that did not end in a 1xx-3xx response.
