@@ -175,15 +175,202 @@ fn load_says_what_the_errors_were_and_writes_its_report() {
             "--name",
             "refused",
         ],
-        0,
+        1,
     );
     let text = stdout(&out);
+    assert!(
+        text.contains("FAILED: no request got a response (5 of 5 failed without one: connect x5)"),
+        "{text}"
+    );
     assert!(text.contains("0 ok, 5 errors"), "{text}");
     assert!(text.contains("no response: connect x5"), "{text}");
     assert!(text.contains("latency ms: none"), "{text}");
     for file in ["summary.json", "refused.hgrm", "index.html"] {
         assert!(cwd.path().join("out").join(file).is_file(), "out/{file}");
     }
+}
+
+#[test]
+fn out_of_range_numbers_exit_2_naming_the_flag_or_field_never_panicking() {
+    let cwd = tempfile::tempdir().unwrap();
+    for (args, names) in [
+        (
+            vec!["load", "http://127.0.0.1:1/", "--rate", "1e-300"],
+            "--rate",
+        ),
+        (
+            vec![
+                "load",
+                "http://127.0.0.1:1/",
+                "--rate",
+                "1e300",
+                "--duration",
+                "1s",
+            ],
+            "--rate",
+        ),
+        (
+            vec![
+                "load",
+                "http://127.0.0.1:1/",
+                "--rate",
+                "100",
+                "--warmup",
+                "99999999999999999999h",
+            ],
+            "--warmup",
+        ),
+        (
+            vec![
+                "load",
+                "http://127.0.0.1:1/",
+                "--duration",
+                "99999999999999999999h",
+            ],
+            "--duration",
+        ),
+        (
+            vec!["load", "http://127.0.0.1:1/", "--timeout=-1s"],
+            "--timeout",
+        ),
+        (vec!["load", "http://127.0.0.1:99999/"], "99999"),
+        (
+            vec!["load", "http://127.0.0.1:1/", "--threshold", "p99<1000"],
+            "--threshold",
+        ),
+        (
+            vec![
+                "call",
+                "--outside",
+                "--to",
+                "auth-service",
+                "/health",
+                "--timeout",
+                "1e300",
+            ],
+            "--timeout",
+        ),
+        (vec!["run", "--concurrency", "0"], "--concurrency"),
+    ] {
+        let out = expect(cwd.path(), &args, 2);
+        assert!(
+            stderr(&out).contains(names),
+            "{}",
+            explain(cwd.path(), &args, &out)
+        );
+    }
+    let mesh = mesh_copy(only("traffic.yaml", |t| {
+        t.replacen("timeout: 30s", "timeout: 99999999999999999999h", 1)
+    }));
+    let args = ["up", "--mesh", mesh.path().to_str().unwrap()];
+    let out = expect(cwd.path(), &args, 2);
+    assert!(
+        stderr(&out).contains("traffic.yaml:") && stderr(&out).contains("timeout"),
+        "{}",
+        explain(cwd.path(), &args, &out)
+    );
+}
+
+/// A minimal HTTP/1.1 server answering 200 to everything until the test ends.
+fn ok_server() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(reply).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn load_thresholds_and_the_regression_gate_judge_what_matters() {
+    let cwd = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", ok_server());
+    let base = [
+        "load",
+        &url,
+        "-n",
+        "50",
+        "--report-dir",
+        "base",
+        "--no-progress",
+    ];
+    expect(cwd.path(), &base, 0);
+    let held = [
+        "load",
+        &url,
+        "-n",
+        "20",
+        "--report-dir",
+        "held",
+        "--threshold",
+        "errors<1%",
+        "--threshold",
+        "p99<5s",
+    ];
+    expect(cwd.path(), &held, 0);
+    let failed = [
+        "load",
+        &url,
+        "-n",
+        "20",
+        "--report-dir",
+        "slow",
+        "--threshold",
+        "p99<1us",
+    ];
+    let out = expect(cwd.path(), &failed, 1);
+    assert!(
+        stdout(&out).contains("FAILED"),
+        "{}",
+        explain(cwd.path(), &failed, &out)
+    );
+    // A run in which every request failed never passes the gate.
+    let dead = [
+        "load",
+        "http://127.0.0.1:1/",
+        "-n",
+        "20",
+        "--report-dir",
+        "dead",
+        "--no-progress",
+    ];
+    expect(cwd.path(), &dead, 1);
+    let compare = ["report", "compare", "base", "dead"];
+    let out = expect(cwd.path(), &compare, 1);
+    assert!(
+        stdout(&out).contains("REGRESSED"),
+        "{}",
+        explain(cwd.path(), &compare, &out)
+    );
+    expect(
+        cwd.path(),
+        &[
+            "report",
+            "compare",
+            "base",
+            "held",
+            "--max-p99-regression",
+            "10000",
+            "--min-throughput-ratio",
+            "0",
+        ],
+        0,
+    );
 }
 
 #[test]

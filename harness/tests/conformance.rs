@@ -31,6 +31,7 @@ fn main() -> std::process::ExitCode {
         let opts = RunOptions {
             features: vec![root.join("features")],
             tags: runner::default_tags(std::env::var("MESHTEST_TAGS").ok(), false),
+            name: None,
             report_dir: root.join("reports").join(runner::run_id()),
             concurrency: 8,
         };

@@ -37,7 +37,7 @@ enum Command {
     /// Run the conformance features against the mesh; exit 1 names each broken promise.
     Run(run::RunArgs),
     /// Generate HTTP load (open loop at --rate, or closed loop over --connections) with HDR reports.
-    Load(meshtest_load::LoadArgs),
+    Load(Box<meshtest_load::LoadArgs>),
     /// Work with reports: `meshtest report compare BASE CUR`.
     #[command(subcommand)]
     Report(load::ReportCommand),
@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
             Command::Token(a) => token::run(a),
             Command::Call(a) => call::run(a).await,
             Command::Run(a) => run::run(a).await,
-            Command::Load(a) => load::load(a).await,
+            Command::Load(a) => load::load(*a).await,
             Command::Report(c) => load::report(c),
             Command::Agent(a) => {
                 let agent = crate::agent::Agent::start(a.into_config()?).await?;

@@ -21,6 +21,9 @@ pub struct RunArgs {
     /// Only scenarios matching this tag expression, e.g. "@mtls" (default: "not @slow").
     #[arg(long)]
     tags: Option<String>,
+    /// Only scenarios whose name matches this regular expression.
+    #[arg(long)]
+    name: Option<String>,
     /// Also run the @slow scenarios, which wait out the declared 30 s and 120 s timeouts and
     /// ejection times (the nightly run).
     #[arg(long, conflicts_with = "tags")]
@@ -54,6 +57,9 @@ pub async fn run(a: RunArgs) -> Result<u8> {
             return Err(InputError::new("--target", msg).into());
         }
     }
+    if a.concurrency == 0 || a.concurrency > 64 {
+        return Err(InputError::new("--concurrency", "must be between 1 and 64").into());
+    }
     // The features, their tags and every workload they name, checked against the manifests
     // before anything starts.
     let files = validate::feature_files(&features)?;
@@ -61,15 +67,13 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     if !a.mesh.is_dir() {
         return Err(InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into());
     }
-    if a.concurrency == 0 || a.concurrency > 64 {
-        return Err(InputError::new("--concurrency", "must be between 1 and 64").into());
-    }
     let mesh_dir = a.mesh.canonicalize()?;
     let model = crate::model::MeshModel::build(crate::manifest::Manifests::load_dir(&mesh_dir)?)?;
+    crate::translate::proxy::check(&model)?;
     let parsed = validate::validate_with(&files, Some(&validate::Names::of_model(&model)))?;
     let tag_text = runner::default_tags(a.tags, a.slow);
-    let tags = runner::parse_tags(tag_text.as_deref())?;
-    validate::selects_something(&parsed, tags.as_ref(), tag_text.as_deref())?;
+    let selection = runner::Selection::parse(tag_text.as_deref(), a.name.as_deref())?;
+    validate::selects_something(&parsed, &selection)?;
     let mesh = LocalMesh::start(&LocalOptions {
         mesh_dir: mesh_dir.clone(),
         envoy: None,
@@ -79,6 +83,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     let opts = RunOptions {
         features,
         tags: tag_text,
+        name: a.name,
         report_dir: runner::report_dir(a.report_dir.as_deref()),
         concurrency: a.concurrency,
     };

@@ -24,6 +24,8 @@ pub struct RunOptions {
     pub features: Vec<PathBuf>,
     /// A cucumber tag expression, e.g. "@mtls and not @slow".
     pub tags: Option<String>,
+    /// Only scenarios whose name this regular expression matches.
+    pub name: Option<String>,
     /// Where junit.xml, cucumber.json, summary.txt and summary.json go.
     pub report_dir: PathBuf,
     /// Scenarios run at once (those tagged @serial always run alone).
@@ -67,13 +69,86 @@ pub fn default_tags(tags: Option<String>, slow: bool) -> Option<String> {
     }
 }
 
-/// Parses a --tags expression.
-pub fn parse_tags(tags: Option<&str>) -> Result<Option<TagOperation>, InputError> {
-    tags.map(|t| {
-        t.parse()
-            .map_err(|e| InputError::new("--tags", format!("`{t}` is not a tag expression: {e}")))
-    })
-    .transpose()
+/// A scenario's name, or for an outline each example's name with its placeholders filled in
+/// (and the outline's own).
+pub fn expanded_names(scenario: &cucumber::gherkin::Scenario) -> Vec<String> {
+    let mut names = vec![scenario.name.clone()];
+    for examples in &scenario.examples {
+        let Some(table) = &examples.table else {
+            continue;
+        };
+        let Some((header, rows)) = table.rows.split_first() else {
+            continue;
+        };
+        for row in rows {
+            let mut name = scenario.name.clone();
+            for (k, v) in header.iter().zip(row) {
+                name = name.replace(&format!("<{k}>"), v);
+            }
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Which scenarios of the features run: a tag expression and a name pattern, both optional.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    tags: Option<(TagOperation, String)>,
+    name: Option<(regex::Regex, String)>,
+}
+
+impl Selection {
+    /// Parses `--tags` and `--name`; a bad expression is an input error naming the flag.
+    pub fn parse(tags: Option<&str>, name: Option<&str>) -> Result<Selection, InputError> {
+        let tags = tags
+            .map(|t| {
+                t.parse::<TagOperation>()
+                    .map(|op| (op, t.to_string()))
+                    .map_err(|e| {
+                        InputError::new("--tags", format!("`{t}` is not a tag expression: {e}"))
+                    })
+            })
+            .transpose()?;
+        let name = name
+            .map(|n| {
+                regex::Regex::new(n)
+                    .map(|re| (re, n.to_string()))
+                    .map_err(|e| {
+                        InputError::new("--name", format!("`{n}` is not a regular expression: {e}"))
+                    })
+            })
+            .transpose()?;
+        Ok(Selection { tags, name })
+    }
+
+    pub fn selects(
+        &self,
+        feature: &cucumber::gherkin::Feature,
+        scenario: &cucumber::gherkin::Scenario,
+    ) -> bool {
+        let tags_ok = self
+            .tags
+            .as_ref()
+            .is_none_or(|(t, _)| t.eval(feature.tags.iter().chain(scenario.tags.iter())));
+        let name_ok = self
+            .name
+            .as_ref()
+            .is_none_or(|(re, _)| expanded_names(scenario).iter().any(|n| re.is_match(n)));
+        tags_ok && name_ok
+    }
+
+    /// "--tags `not @slow`, --name `pool`" for messages.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some((_, t)) = &self.tags {
+            parts.push(format!("--tags `{t}`"));
+        }
+        if let Some((_, n)) = &self.name {
+            parts.push(format!("--name `{n}`"));
+        }
+        parts.join(", ")
+    }
 }
 
 /// Runs the features against `target`. Returns Err(InputError) for bad features or tags.
@@ -82,8 +157,8 @@ pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummar
     let files = validate::feature_files(&opts.features)?;
     let features =
         validate::validate_with(&files, Some(&validate::Names::of_target(target.as_ref())))?;
-    let tags = parse_tags(opts.tags.as_deref())?;
-    validate::selects_something(&features, tags.as_ref(), opts.tags.as_deref())?;
+    let selection = Selection::parse(opts.tags.as_deref(), opts.name.as_deref())?;
+    validate::selects_something(&features, &selection)?;
     std::fs::create_dir_all(&opts.report_dir)
         .with_context(|| format!("creating {}", opts.report_dir.display()))?;
     let json = std::fs::File::create(opts.report_dir.join("cucumber.json"))
@@ -193,17 +268,14 @@ pub async fn run(target: Arc<dyn Target>, opts: &RunOptions) -> Result<RunSummar
             .fail_on_skipped()
             // Last: with_writer resets the CLI, and cucumber must not parse meshtest's argv.
             .with_cli(cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty>::default());
-        let tags = tags.clone();
+        let selection = selection.clone();
         let selected = selected.clone();
         cucumber
             .filter_run(&root, move |feature, _rule, scenario| {
                 let path_ok = feature.path.as_ref().is_none_or(|p| {
                     selected.contains(&p.canonicalize().unwrap_or_else(|_| p.clone()))
                 });
-                let tags_ok = tags
-                    .as_ref()
-                    .is_none_or(|t| t.eval(feature.tags.iter().chain(scenario.tags.iter())));
-                path_ok && tags_ok
+                path_ok && selection.selects(feature, scenario)
             })
             .await;
     }

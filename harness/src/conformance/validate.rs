@@ -141,19 +141,16 @@ pub fn validate_with(
     Ok(features)
 }
 
-/// A tag expression that selects no scenario is a mistake in the command, not an empty pass.
+/// A selection that matches no scenario is a mistake in the command, not an empty pass.
 pub fn selects_something(
     features: &[gherkin::Feature],
-    tags: Option<&cucumber::gherkin::tagexpr::TagOperation>,
-    text: Option<&str>,
+    selection: &super::runner::Selection,
 ) -> Result<(), InputError> {
-    use cucumber::tag::Ext as _;
-    let Some(tags) = tags else { return Ok(()) };
     let any = features.iter().any(|f| {
         f.scenarios
             .iter()
             .chain(f.rules.iter().flat_map(|r| r.scenarios.iter()))
-            .any(|s| tags.eval(f.tags.iter().chain(s.tags.iter())))
+            .any(|s| selection.selects(f, s))
     });
     if any {
         Ok(())
@@ -161,8 +158,8 @@ pub fn selects_something(
         Err(InputError::new(
             "--tags",
             format!(
-                "`{}` selects no scenario of the given features",
-                text.unwrap_or("")
+                "{} selects no scenario of the given features",
+                selection.describe()
             ),
         ))
     }

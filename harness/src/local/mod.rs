@@ -117,6 +117,7 @@ impl LocalMesh {
     pub async fn start(opts: &LocalOptions) -> Result<LocalMesh> {
         let manifests = Manifests::load_dir(&opts.mesh_dir)?;
         let model = MeshModel::build(manifests)?;
+        envoy_config::check(&model)?;
         let envoy = match &opts.envoy {
             Some(p) => p.clone(),
             None => crate::envoy::ensure()?,

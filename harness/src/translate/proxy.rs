@@ -200,6 +200,36 @@ fn inbound_listener(
     })
 }
 
+/// Translates every proxy of the mesh once with placeholder addresses, so that a manifest the
+/// translator cannot handle is reported (file:line:field) before anything starts.
+pub fn check(model: &MeshModel) -> Result<(), InputError> {
+    struct Nowhere;
+    impl GatewayPlacement for Nowhere {
+        fn listen(&self, port: u16) -> SocketAddr {
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+        fn credential(&self, name: &str) -> (PathBuf, PathBuf) {
+            (name.into(), name.into())
+        }
+    }
+    let certs = CertFiles {
+        ca: "ca".into(),
+        chain: "chain".into(),
+        key: "key".into(),
+    };
+    let endpoints = |_: &Pod| IpAddr::from([127, 0, 0, 1]);
+    for pod in &model.pods {
+        let placement = SidecarPlacement {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            outbound: "o.sock".into(),
+            app_dir: ".".into(),
+            certs: certs.clone(),
+        };
+        sidecar(model, pod, &placement, &endpoints)?;
+    }
+    ingress_gateway(model, &certs, &Nowhere, &endpoints).map(|_| ())
+}
+
 /// The ingress gateway: listeners from the Gateways that select it, mTLS clusters to the mesh.
 pub fn ingress_gateway(
     model: &MeshModel,
