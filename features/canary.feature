@@ -7,6 +7,14 @@ Feature: Canary routing at the edge
   Background:
     Given the mesh is running
 
+  Scenario: Every edge route sends the declared share to the canary
+    Then the ingress routes send these shares to version v2:
+      | route         | share |
+      | chaos-testing | 10%   |
+      | canary-opt-in | 100%  |
+      | llm           | 10%   |
+      | default       | 10%   |
+
   Scenario: The 90/10 split holds
     Given the ingress route default sends 10% of requests to version v2
     When enough requests are sent through the ingress to /health to judge its split at a false-alarm rate of 0.001 with power 0.99 against a 5-point shift

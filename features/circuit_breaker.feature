@@ -8,6 +8,16 @@ Feature: Circuit breakers
   Background:
     Given the mesh is running
 
+  Scenario: Every service's DestinationRule declares the seed's circuit breakers
+    Then the DestinationRules declare these traffic policies:
+      | service          | load balancer | max connections | pending requests | HTTP/2 requests | requests per connection | max retries | connect timeout | gateway errors | interval | base ejection | max ejection |
+      | api-gateway      | ROUND_ROBIN   | 50              | 50               | 100             | 5                       | 3           | 30s             | 3              | 30s      | 30s           | 50%          |
+      | auth-service     | ROUND_ROBIN   | 50              | 50               | 100             | 5                       | 3           | 30s             | 3              | 30s      | 30s           | 50%          |
+      | airtable-gateway | ROUND_ROBIN   | 50              | 50               | 100             | 5                       | 3           | 30s             | 3              | 30s      | 30s           | 50%          |
+      | llm-orchestrator | LEAST_REQUEST | 50              | 50               | 100             | 5                       | 3           | 30s             | 3              | 30s      | 30s           | 50%          |
+      | file-processor   | ROUND_ROBIN   | 50              | 50               | 100             | 5                       | 3           | 30s             | 3              | 30s      | 30s           | 50%          |
+      | workflow-engine  | ROUND_ROBIN   | 50              | 50               | 100             | 5                       | 3           | 30s             | 3              | 30s      | 30s           | 50%          |
+
   @serial
   Scenario: The connection pool takes exactly its declared connections and pending requests, and sheds the next
     Given auth-service's DestinationRule allows 50 connections and 50 pending requests

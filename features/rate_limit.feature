@@ -8,6 +8,13 @@ Feature: Per-tenant rate limits by tier
   Background:
     Given the mesh is running
 
+  Scenario: Every tier's bucket is declared as the tiers promise
+    Then the ingress rate limit declares these buckets:
+      | tier       | requests | per |
+      | free       | 100      | 60s |
+      | pro        | 1000     | 60s |
+      | enterprise | 10000    | 60s |
+
   Scenario: A free-tier tenant gets exactly its bucket before the first 429
     Given the free tier's declared bucket is 100 requests, refilled 100 per 60s
     And tenant acme on the free tier

@@ -329,7 +329,18 @@ breaks! {
         edit: |t| t.replacen("max_tokens: 10000\n", "max_tokens: 12000\n", 1),
         feature: "rate_limit.feature",
         slow: true,
-        scenarios: &["An enterprise-tier tenant gets exactly its bucket"],
+        scenarios: &["An enterprise-tier tenant gets exactly its bucket", "Every tier's bucket is declared as the tiers promise"],
+    };
+    enterprise_refill_30s: Break {
+        what: "the enterprise tier refills every 30s",
+        file: "ratelimit.yaml",
+        edit: |t| {
+            let at = t.find("value: enterprise").unwrap();
+            format!("{}{}", &t[..at], t[at..].replacen("fill_interval: 60s", "fill_interval: 30s", 1))
+        },
+        feature: "rate_limit.feature",
+        slow: false,
+        scenarios: &["Every tier's bucket is declared as the tiers promise"],
     };
     tier_from_the_client: Break {
         what: "the tier header is not set from the verified token (a client's own x-tenant-tier passes)",
@@ -362,6 +373,37 @@ breaks! {
         feature: "circuit_breaker.feature",
         slow: false,
         scenarios: &["The connection pool takes exactly its declared connections and pending requests, and sheds the next"],
+    };
+    airtable_ten_per_connection: Break {
+        what: "airtable-gateway allows 10 requests per connection",
+        file: "traffic.yaml",
+        edit: |t| replace_in("DestinationRule", "airtable-gateway", "maxRequestsPerConnection: 5", "maxRequestsPerConnection: 10")(t),
+        feature: "circuit_breaker.feature",
+        slow: false,
+        scenarios: &["Every service's DestinationRule declares the seed's circuit breakers"],
+    };
+    canary_subset_pool: Break {
+        what: "api-gateway's canary subset has its own pool of 60 connections",
+        file: "traffic.yaml",
+        edit: |t| {
+            replace_in(
+                "DestinationRule",
+                "api-gateway",
+                "  - name: canary\n    labels:\n      version: v2",
+                "  - name: canary\n    labels:\n      version: v2\n    trafficPolicy:\n      connectionPool:\n        tcp:\n          maxConnections: 60",
+            )(t)
+        },
+        feature: "circuit_breaker.feature",
+        slow: false,
+        scenarios: &["Every service's DestinationRule declares the seed's circuit breakers"],
+    };
+    round_robin_llm: Break {
+        what: "llm-orchestrator is balanced round robin",
+        file: "traffic.yaml",
+        edit: |t| replace_in("DestinationRule", "llm-orchestrator", "simple: LEAST_REQUEST", "simple: ROUND_ROBIN")(t),
+        feature: "circuit_breaker.feature",
+        slow: false,
+        scenarios: &["Every service's DestinationRule declares the seed's circuit breakers"],
     };
     ten_per_connection: Break {
         what: "file-processor allows 10 requests per connection",
@@ -490,6 +532,22 @@ breaks! {
         feature: "canary.feature",
         slow: false,
         scenarios: &["The 90/10 split holds", "Any other value of the header follows the split"],
+    };
+    llm_split_80_20: Break {
+        what: "the LLM area's route splits 80/20",
+        file: "traffic.yaml",
+        edit: |t| edge_route("llm", "weight: 90", "weight: 80")(edge_route("llm", "weight: 10", "weight: 20")(t)),
+        feature: "canary.feature",
+        slow: false,
+        scenarios: &["Every edge route sends the declared share to the canary"],
+    };
+    no_api_gateway_subsets: Break {
+        what: "api-gateway's DestinationRule (and with it the stable and canary subsets) is gone",
+        file: "traffic.yaml",
+        edit: |t| in_doc(&t, "DestinationRule", "api-gateway", |_| "# removed\n".into()),
+        feature: "canary.feature",
+        slow: false,
+        scenarios: &["The 90/10 split holds", "Every edge route sends the declared share to the canary", "Opting in by header always reaches the canary"],
     };
     opt_in_value_changed: Break {
         what: "the canary opt-in header must be `yes`",

@@ -86,7 +86,7 @@ impl RunSummary {
     /// this run by bad luck (a union bound).
     pub fn false_alarm_rate(&self) -> (f64, usize) {
         let alphas: Vec<f64> = self.results.iter().flat_map(|r| r.alphas.clone()).collect();
-        (alphas.iter().sum(), alphas.len())
+        (alphas.iter().fold(0.0, |a, b| a + b), alphas.len())
     }
 
     fn location(r: &ScenarioResult) -> String {

@@ -132,7 +132,10 @@ impl DeclaredRoute {
         let matching: u32 = self
             .destinations
             .iter()
-            .filter(|d| destination_versions(model, d).iter().all(|v| v == version))
+            .filter(|d| {
+                let versions = destination_versions(model, d);
+                !versions.is_empty() && versions.iter().all(|v| v == version)
+            })
             .map(|d| d.weight)
             .sum();
         f64::from(matching) / f64::from(total)
@@ -144,16 +147,23 @@ pub fn destination_versions(model: &MeshModel, d: &Destination) -> Vec<String> {
     let Some(service) = model.service(&d.service) else {
         return vec![];
     };
-    let labels = d.subset.as_ref().and_then(|name| {
-        model
-            .manifests
-            .destination_rules
-            .iter()
-            .filter(|r| model.resolve_host(&r.spec.host, r.namespace()) == Some(service))
-            .flat_map(|r| r.spec.subsets.iter())
-            .find(|s| &s.name == name)
-            .map(|s| s.labels.clone())
-    });
+    let labels = match &d.subset {
+        None => None,
+        Some(name) => {
+            let declared = model
+                .manifests
+                .destination_rules
+                .iter()
+                .filter(|r| model.resolve_host(&r.spec.host, r.namespace()) == Some(service))
+                .flat_map(|r| r.spec.subsets.iter())
+                .find(|s| &s.name == name);
+            match declared {
+                Some(s) => Some(s.labels.clone()),
+                // A subset no DestinationRule declares reaches no pod.
+                None => return vec![],
+            }
+        }
+    };
     let mut versions: Vec<String> = model
         .pods_of(service)
         .filter(|p| {

@@ -118,6 +118,9 @@ impl LocalMesh {
         let manifests = Manifests::load_dir(&opts.mesh_dir)?;
         let model = MeshModel::build(manifests)?;
         envoy_config::check(&model)?;
+        for w in crate::translate::virtual_service::dangling_references(&model) {
+            eprintln!("meshtest: warning: {w}");
+        }
         let envoy = match &opts.envoy {
             Some(p) => p.clone(),
             None => crate::envoy::ensure()?,

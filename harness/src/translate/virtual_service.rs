@@ -67,6 +67,45 @@ pub fn mesh_virtual_hosts(model: &MeshModel) -> Result<Vec<Value>, InputError> {
     Ok(hosts)
 }
 
+/// Destinations of VirtualService routes that Istio would accept but no traffic can reach (a
+/// host without a Service, a subset no DestinationRule declares): istioctl analyze's warnings,
+/// printed when the mesh starts.
+pub fn dangling_references(model: &MeshModel) -> Vec<String> {
+    let mut out = Vec::new();
+    for vs in &model.manifests.virtual_services {
+        for (i, http) in vs.spec.http.iter().enumerate() {
+            for (j, rd) in http.route.iter().enumerate() {
+                let at = format!(
+                    "{}:{}: VirtualService {} spec.http[{i}].route[{j}].destination",
+                    vs.origin.file.display(),
+                    vs.origin.line,
+                    vs.name()
+                );
+                let Some(service) = model.resolve_host(&rd.destination.host, vs.namespace()) else {
+                    out.push(format!(
+                        "{at}: no Service {} in the mesh: its requests will get 503 (no cluster)",
+                        rd.destination.host
+                    ));
+                    continue;
+                };
+                if let Some(subset) = &rd.destination.subset {
+                    let declared = model.manifests.destination_rules.iter().any(|r| {
+                        model.resolve_host(&r.spec.host, r.namespace()) == Some(service)
+                            && r.spec.subsets.iter().any(|s| &s.name == subset)
+                    });
+                    if !declared {
+                        out.push(format!(
+                            "{at}: no DestinationRule declares subset {subset} of {}: its requests will get 503 (no cluster)",
+                            service.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The VirtualService that routes the sidecars' traffic to `service`, if any.
 pub fn mesh_virtual_service<'a>(
     model: &'a MeshModel,
@@ -218,14 +257,17 @@ fn route_action(
     let mut clusters = Vec::new();
     for (j, rd) in http.route.iter().enumerate() {
         let f = format!("{field}.route[{j}].destination");
-        let service = model
-            .resolve_host(&rd.destination.host, vs.namespace())
-            .ok_or_else(|| {
-                vs.origin.error(
-                    &format!("{f}.host"),
-                    format!("no Service named {}", rd.destination.host),
-                )
-            })?;
+        let Some(service) = model.resolve_host(&rd.destination.host, vs.namespace()) else {
+            // Istio accepts a route to a host it has no service for; Envoy then answers 503
+            // (no cluster). `dangling_references` warns about it.
+            let port = rd.destination.port.as_ref().map_or(80, |p| p.number);
+            let subset = rd.destination.subset.as_deref().unwrap_or("");
+            clusters.push((
+                format!("outbound|{port}|{subset}|{}", rd.destination.host),
+                rd.weight,
+            ));
+            continue;
+        };
         let port = match (&rd.destination.port, vhost_port) {
             (Some(p), _) => service.port(p.number).map(|p| p.port).ok_or_else(|| {
                 vs.origin.error(
@@ -243,21 +285,8 @@ fn route_action(
                 ));
             }
         };
-        if let Some(subset) = &rd.destination.subset {
-            let declared = model.manifests.destination_rules.iter().any(|r| {
-                model.resolve_host(&r.spec.host, r.namespace()) == Some(service)
-                    && r.spec.subsets.iter().any(|s| &s.name == subset)
-            });
-            if !declared {
-                return Err(vs.origin.error(
-                    &format!("{f}.subset"),
-                    format!(
-                        "no DestinationRule declares subset {subset} of {}",
-                        service.name
-                    ),
-                ));
-            }
-        }
+        // A subset no DestinationRule declares names a cluster that does not exist: Envoy
+        // answers 503, as in Istio (which accepts the route); `dangling_references` warns.
         clusters.push((
             cluster_name(service, port, rd.destination.subset.as_deref()),
             rd.weight,

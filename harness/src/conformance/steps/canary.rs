@@ -46,6 +46,41 @@ async fn declared_weight(w: &mut MeshWorld, name: String, percent: f64, version:
     w.evidence(format!("{name}: {share}% to {version} ({})", route.at));
 }
 
+#[then(regex = r"^the ingress routes send these shares to version (\S+):$")]
+async fn declared_shares(w: &mut MeshWorld, version: String, step: &cucumber::gherkin::Step) {
+    let Some(rows) = step
+        .table
+        .as_ref()
+        .and_then(|t| t.rows.split_first())
+        .map(|(_, r)| r)
+    else {
+        unchecked!("the step needs a table: | route | share |");
+    };
+    let model = crate::declared::model(w.target.manifests());
+    let mut lines = Vec::new();
+    for row in rows {
+        let [name, share] = &row[..] else {
+            unchecked!("each row needs a route and a share");
+        };
+        let promised: f64 = share
+            .trim_end_matches('%')
+            .parse()
+            .unwrap_or_else(|_| unchecked!("`{share}` is not a percentage"));
+        let route = gateway_virtual_services(&model)
+            .into_iter()
+            .find_map(|vs| named_route(&model, vs, name))
+            .unwrap_or_else(|| broken!("no ingress route named {name}"));
+        let declared = route.weight_of_version(&model, &version) * 100.0;
+        promise!(
+            (declared - promised).abs() < 1e-9,
+            "the promise is {share} of {name}'s requests to {version}; its destinations declare {declared}% ({})",
+            route.at
+        );
+        lines.push(format!("{name}: {declared}%"));
+    }
+    w.evidence(format!("to {version}: {}", lines.join(", ")));
+}
+
 #[when(
     regex = r"^enough requests are sent through the ingress to (\S+)(?: with header (\S+): (\S+))? to judge its split at a false-alarm rate of (\S+) with power (\S+) against a (\d+)-point shift$"
 )]

@@ -144,6 +144,98 @@ async fn declared_ejection_time(w: &mut MeshWorld, svc: String, base: String, in
     );
 }
 
+/// One traffic policy as the DestinationRule table of a feature writes it.
+fn describe_policy(p: Option<&crate::manifest::istio::TrafficPolicy>) -> Vec<String> {
+    let pool = p.and_then(|p| p.connection_pool.as_ref());
+    let tcp = pool.and_then(|c| c.tcp.as_ref());
+    let http = pool.and_then(|c| c.http.as_ref());
+    let od = p.and_then(|p| p.outlier_detection.as_ref());
+    let num = |v: Option<u32>| {
+        v.filter(|n| *n > 0)
+            .map_or("none".to_string(), |n| n.to_string())
+    };
+    let dur = |v: Option<&String>| v.cloned().unwrap_or_else(|| "none".into());
+    let lb = p
+        .and_then(|p| p.load_balancer.as_ref())
+        .map_or("none".to_string(), |l| format!("{:?}", l.simple));
+    vec![
+        screaming(&lb),
+        num(tcp.and_then(|t| t.max_connections)),
+        num(http.and_then(|h| h.http1_max_pending_requests)),
+        num(http.and_then(|h| h.http2_max_requests)),
+        num(http.and_then(|h| h.max_requests_per_connection)),
+        num(http.and_then(|h| h.max_retries)),
+        dur(tcp.and_then(|t| t.connect_timeout.as_ref())),
+        num(od.and_then(|o| o.consecutive_gateway_errors)),
+        dur(od.and_then(|o| o.interval.as_ref())),
+        dur(od.and_then(|o| o.base_ejection_time.as_ref())),
+        od.and_then(|o| o.max_ejection_percent)
+            .map_or("none".into(), |p| format!("{p}%")),
+    ]
+}
+
+/// "RoundRobin" -> "ROUND_ROBIN", as manifests spell it.
+fn screaming(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[then("the DestinationRules declare these traffic policies:")]
+async fn declared_policies(w: &mut MeshWorld, step: &cucumber::gherkin::Step) {
+    let Some(table) = step.table.as_ref() else {
+        unchecked!("the step needs a table with a header row");
+    };
+    let Some((header, rows)) = table.rows.split_first() else {
+        unchecked!("the table is empty");
+    };
+    let model = crate::declared::model(w.target.manifests());
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for row in rows {
+        let Some((svc_name, promised)) = row.split_first() else {
+            continue;
+        };
+        let Some(svc) = model.service(svc_name) else {
+            broken!("the mesh declares no service {svc_name}");
+        };
+        // The service's policy and every subset's (a subset's own policy overrides it).
+        let rule = crate::translate::destination_rule::rule_for(&model, svc)
+            .unwrap_or_else(|e| unchecked!("{e}"));
+        let mut subsets: Vec<Option<String>> = vec![None];
+        subsets.extend(
+            rule.iter()
+                .flat_map(|r| r.spec.subsets.iter())
+                .map(|s| Some(s.name.clone())),
+        );
+        for subset in subsets {
+            let (policy, at) = traffic::policy(&model, svc, subset.as_deref());
+            let declared = describe_policy(policy.as_ref());
+            checked += 1;
+            for ((column, want), got) in header[1..].iter().zip(promised).zip(&declared) {
+                if want.trim() != got {
+                    wrong.push(format!(
+                        "{svc_name}{}: {column} is {got}, the promise is {want} ({at})",
+                        subset
+                            .as_ref()
+                            .map(|s| format!(" subset {s}"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    promise!(wrong.is_empty(), "{}", wrong.join("\n"));
+    w.evidence(format!(
+        "{checked} policies (services and their subsets) declare the promised values"
+    ));
+}
+
 // ---- connection pool ----
 
 #[when(

@@ -77,6 +77,39 @@ async fn declared_bucket(
     w.evidence(format!("{tier} tier: {}", bucket.describe()));
 }
 
+#[then("the ingress rate limit declares these buckets:")]
+async fn declared_buckets(w: &mut MeshWorld, step: &cucumber::gherkin::Step) {
+    let Some(rows) = step
+        .table
+        .as_ref()
+        .and_then(|t| t.rows.split_first())
+        .map(|(_, r)| r)
+    else {
+        unchecked!("the step needs a table: | tier | requests | per |");
+    };
+    let model = crate::declared::model(w.target.manifests());
+    let mut lines = Vec::new();
+    for row in rows {
+        let [tier, requests, per] = &row[..] else {
+            unchecked!("each row needs a tier, a number of requests and an interval");
+        };
+        let Some(b) = ingress_bucket(&model, tier) else {
+            crate::broken!("no local rate limit bucket is declared for the {tier} tier");
+        };
+        let interval = crate::translate::duration::parse(per)
+            .unwrap_or_else(|| unchecked!("`{per}` is not a duration"));
+        promise!(
+            b.max_tokens.to_string() == *requests
+                && b.tokens_per_fill.to_string() == *requests
+                && b.fill_interval == interval,
+            "the promise is {requests} requests per {per} for the {tier} tier; the mesh declares a {}",
+            b.describe()
+        );
+        lines.push(format!("{tier}: {}", b.describe()));
+    }
+    w.evidence(lines.join("; "));
+}
+
 #[given(regex = r"^tenant (\S+) on the (free|pro|enterprise) tier$")]
 async fn tenant_on_tier(w: &mut MeshWorld, tenant: String, tier: String) {
     let id = unique(&tenant);
