@@ -29,6 +29,9 @@ fn named_container_port(
 /// Where Istio's ingress gateway lives, and who it is.
 pub const INGRESS_NAMESPACE: &str = "istio-system";
 pub const INGRESS_SERVICE_ACCOUNT: &str = "istio-ingressgateway-service-account";
+/// The embedded mesh's address plan: 127.B.S.R, S per service, R per pod.
+pub const MAX_SERVICES: usize = 250;
+pub const MAX_PODS_PER_SERVICE: usize = 250;
 /// Namespace whose selector-less policies apply mesh-wide.
 pub const ROOT_NAMESPACE: &str = "istio-system";
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -155,6 +158,13 @@ pub struct MeshModel {
 
 impl MeshModel {
     pub fn build(manifests: Manifests) -> Result<MeshModel, InputError> {
+        if manifests.services.len() > MAX_SERVICES {
+            let s = &manifests.services[MAX_SERVICES];
+            return Err(s.origin.error(
+                "metadata.name",
+                format!("more than {MAX_SERVICES} Services: the embedded mesh gives each its own 127.B.S.0/24"),
+            ));
+        }
         let mut services = Vec::new();
         for s in &manifests.services {
             if s.spec.ports.is_empty() {
@@ -265,6 +275,20 @@ impl MeshModel {
                     pod_ports.push(p.target_port);
                 }
             }
+            // Each pod of a service gets its own loopback address 127.B.S.R (R = 1..=250).
+            let already = pods
+                .iter()
+                .filter(|p| p.service == service.name && p.namespace == ns)
+                .count();
+            if already + d.spec.replicas as usize > MAX_PODS_PER_SERVICE {
+                return Err(d.origin.error(
+                    "spec.replicas",
+                    format!(
+                        "{} replicas: a service can have at most {MAX_PODS_PER_SERVICE} pods",
+                        d.spec.replicas
+                    ),
+                ));
+            }
             for i in 0..d.spec.replicas {
                 let ordinal = pods
                     .iter()
@@ -352,5 +376,36 @@ impl MeshModel {
                 || host == format!("{}.{}.svc", s.name, s.namespace)
                 || host == s.fqdn()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn build(replicas: &str) -> Result<MeshModel, InputError> {
+        let yaml = format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: sa, namespace: ns}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d, namespace: ns}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: a}}}}\n  template:\n    metadata: {{labels: {{app: a}}}}\n    spec:\n      serviceAccountName: sa\n      containers: [{{name: c, ports: [{{containerPort: 9080, name: http}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: ns}}\nspec:\n  selector: {{app: a}}\n  ports: [{{port: 80, name: web, targetPort: http}}]\n"
+        );
+        let mut m = Manifests::default();
+        m.add_text(Path::new("t.yaml"), &yaml)?;
+        MeshModel::build(m)
+    }
+
+    #[test]
+    fn replicas_beyond_the_address_plan_name_the_field() {
+        assert_eq!(build("3").unwrap().pods.len(), 3);
+        let err = build("4000000000").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.replicas"), "{err}");
+    }
+
+    #[test]
+    fn a_named_target_port_resolves_through_the_container_ports() {
+        let m = build("1").unwrap();
+        let svc = m.service("a").unwrap();
+        assert_eq!(svc.default_port().port, 80);
+        assert_eq!(svc.default_port().target_port, 9080);
+        assert_eq!(m.pods[0].ports, [9080]);
     }
 }

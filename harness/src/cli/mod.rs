@@ -68,39 +68,51 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshtest: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILED);
+            return ExitCode::from(exit::UNCHECKED);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Up(a) => mesh::up(a).await,
-            Command::Status(a) => mesh::status(a).await,
-            Command::Down(a) => mesh::down(a).await,
-            Command::Token(a) => token::run(a),
-            Command::Call(a) => call::run(a).await,
-            Command::Run(a) => run::run(a).await,
-            Command::Load(a) => load::load(*a).await,
-            Command::Report(c) => load::report(c),
-            Command::Agent(a) => {
-                let agent = crate::agent::Agent::start(a.into_config()?).await?;
-                let listen: Vec<String> = agent
-                    .config()
-                    .listen
-                    .iter()
-                    .map(|(_, l)| l.to_string())
-                    .collect();
-                eprintln!(
-                    "meshtest agent: {} {} serving on {}, control on {}",
-                    agent.config().service,
-                    agent.config().version,
-                    listen.join(", "),
-                    agent.config().control
-                );
-                agent.wait().await;
-                Ok(exit::OK)
+    // A panic is a meshtest bug, never a verdict: report it as "could not check" (3), not 101.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            match cli.command {
+                Command::Up(a) => mesh::up(a).await,
+                Command::Status(a) => mesh::status(a).await,
+                Command::Down(a) => mesh::down(a).await,
+                Command::Token(a) => token::run(a),
+                Command::Call(a) => call::run(a).await,
+                Command::Run(a) => run::run(a).await,
+                Command::Load(a) => load::load(*a).await,
+                Command::Report(c) => load::report(c),
+                Command::Agent(a) => {
+                    let agent = crate::agent::Agent::start(a.into_config()?).await?;
+                    let listen: Vec<String> = agent
+                        .config()
+                        .listen
+                        .iter()
+                        .map(|(_, l)| l.to_string())
+                        .collect();
+                    eprintln!(
+                        "meshtest agent: {} {} serving on {}, control on {}",
+                        agent.config().service,
+                        agent.config().version,
+                        listen.join(", "),
+                        agent.config().control
+                    );
+                    agent.wait().await;
+                    Ok(exit::OK)
+                }
             }
+        })
+    }));
+    let result = match result {
+        Ok(r) => r,
+        Err(_) => {
+            eprintln!(
+                "meshtest: internal error (a bug in meshtest; the panic is above): nothing was judged"
+            );
+            return ExitCode::from(exit::UNCHECKED);
         }
-    });
+    };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -236,6 +236,13 @@ pub fn mesh_route(model: &MeshModel, service: &Service, req: &RouteRequest) -> D
     }
 }
 
+/// A route of the VirtualServices bound to the ingress gateway, by name (or `#N`).
+pub fn ingress_route_named(model: &MeshModel, name: &str) -> Option<DeclaredRoute> {
+    gateway_virtual_services(model)
+        .into_iter()
+        .find_map(|vs| named_route(model, vs, name))
+}
+
 /// A route of a VirtualService by name (or, written `#N`, by index).
 pub fn named_route(
     model: &MeshModel,

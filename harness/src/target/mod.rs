@@ -146,14 +146,25 @@ pub trait Target: Send + Sync {
     async fn apply(&self, manifests: Manifests) -> Result<()>;
 }
 
-/// A counter from a proxy's stats, 0 when Envoy has not created it yet.
+/// A counter or gauge from a proxy's stats, 0 when Envoy has not created it yet.
 pub async fn stat(target: &dyn Target, proxy: &str, name: &str) -> Result<u64> {
-    let body = target
-        .proxy_admin(
-            proxy,
-            "GET",
-            &format!("/stats?filter=^{}$", crate::regex_literal::escape(name)),
-        )
-        .await?;
+    let filter = format!("^{}$", crate::regex_literal::escape(name));
+    let body = stats_matching(target, proxy, &filter).await?;
     Ok(crate::envoy::stats::parse_stat(&body, name).unwrap_or(0))
+}
+
+/// A proxy's stats whose names match the regular expression `filter` (Envoy's text format).
+pub async fn stats_matching(target: &dyn Target, proxy: &str, filter: &str) -> Result<String> {
+    let encoded: String = filter
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    target
+        .proxy_admin(proxy, "GET", &format!("/stats?filter={encoded}"))
+        .await
 }

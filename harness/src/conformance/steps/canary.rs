@@ -4,11 +4,11 @@
 use cucumber::{given, then, when};
 
 use crate::conformance::stats::{acceptance, clopper_pearson, power, sample_size};
-use crate::conformance::steps::common::{batch, judge_every, tally, unreachable};
+use crate::conformance::steps::common::{batch, judge_every, table, tally, unreachable};
 use crate::conformance::steps::jwt::ingress_call;
 use crate::conformance::steps::routes::ingress_route_for;
 use crate::conformance::world::{MeshWorld, Split};
-use crate::declared::routes::{RouteRequest, gateway_virtual_services, named_route};
+use crate::declared::routes::{RouteRequest, ingress_route_named};
 use crate::{broken, promise, unchecked};
 
 /// Calls at once: the suite shares the seed's connection pool.
@@ -33,9 +33,7 @@ fn headers(header: &str, value: &str) -> Vec<(String, String)> {
 #[given(regex = r"^the ingress route (\S+) sends (\d+(?:\.\d+)?)% of requests to version (\S+)$")]
 async fn declared_weight(w: &mut MeshWorld, name: String, percent: f64, version: String) {
     let model = crate::declared::model(w.target.manifests());
-    let route = gateway_virtual_services(&model)
-        .into_iter()
-        .find_map(|vs| named_route(&model, vs, &name))
+    let route = ingress_route_named(&model, &name)
         .unwrap_or_else(|| broken!("no ingress route named {name}"));
     let share = route.weight_of_version(&model, &version) * 100.0;
     promise!(
@@ -48,14 +46,7 @@ async fn declared_weight(w: &mut MeshWorld, name: String, percent: f64, version:
 
 #[then(regex = r"^the ingress routes send these shares to version (\S+):$")]
 async fn declared_shares(w: &mut MeshWorld, version: String, step: &cucumber::gherkin::Step) {
-    let Some(rows) = step
-        .table
-        .as_ref()
-        .and_then(|t| t.rows.split_first())
-        .map(|(_, r)| r)
-    else {
-        unchecked!("the step needs a table: | route | share |");
-    };
+    let (_, rows) = table(step, "| route | share |");
     let model = crate::declared::model(w.target.manifests());
     let mut lines = Vec::new();
     for row in rows {
@@ -66,9 +57,7 @@ async fn declared_shares(w: &mut MeshWorld, version: String, step: &cucumber::gh
             .trim_end_matches('%')
             .parse()
             .unwrap_or_else(|_| unchecked!("`{share}` is not a percentage"));
-        let route = gateway_virtual_services(&model)
-            .into_iter()
-            .find_map(|vs| named_route(&model, vs, name))
+        let route = ingress_route_named(&model, name)
             .unwrap_or_else(|| broken!("no ingress route named {name}"));
         let declared = route.weight_of_version(&model, &version) * 100.0;
         promise!(

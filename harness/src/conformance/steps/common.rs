@@ -233,6 +233,8 @@ async fn body_is(w: &mut MeshWorld, body: String) {
         "{desc}: expected body {body:?}, got {}",
         o.summary()
     );
+    let line = format!("n=1: {desc}: body {body:?}");
+    w.evidence(line);
 }
 
 #[then(regex = r#"^the response has header (\S+)(?: "(.*)")?$"#)]
@@ -250,6 +252,8 @@ async fn has_header(w: &mut MeshWorld, name: String, value: String) {
             "{desc}: header {name} is {got:?}, expected {value:?}"
         );
     }
+    let line = format!("n=1: {desc}: header {name}: {}", got.unwrap_or_default());
+    w.evidence(line);
 }
 
 #[then(regex = r"^the upstream sees the caller identity (\S+)$")]
@@ -339,5 +343,49 @@ pub async fn served_by(w: &MeshWorld, pod: &str) -> u64 {
     match w.target.agent_stats(pod).await {
         Ok(s) => s.requests,
         Err(e) => unchecked!("reading what {pod} served: {e:#}"),
+    }
+}
+
+/// Counters and gauges `names` (without the `cluster.<c>.` prefix) of `cluster` on `proxy`.
+pub async fn cluster_stats(w: &MeshWorld, proxy: &str, cluster: &str, names: &[&str]) -> Vec<u64> {
+    let prefix = format!("cluster.{cluster}.");
+    let filter = format!(
+        "^{}({})$",
+        crate::regex_literal::escape(&prefix),
+        names.join("|")
+    );
+    let body = match crate::target::stats_matching(w.target.as_ref(), proxy, &filter).await {
+        Ok(b) => b,
+        Err(e) => unchecked!("reading {proxy}'s Envoy stats: {e:#}"),
+    };
+    names
+        .iter()
+        .map(|n| crate::envoy::stats::parse_stat(&body, &format!("{prefix}{n}")).unwrap_or(0))
+        .collect()
+}
+
+/// The pod a workload (a pod, or a service by its first pod) calls from.
+pub fn caller_pod(w: &MeshWorld, from: &str) -> String {
+    // A workload given by service name calls from its first pod: its Envoy holds the pool.
+    match w
+        .target
+        .pods()
+        .into_iter()
+        .find(|p| p.name == from || p.service == from)
+    {
+        Some(p) => p.name,
+        None => unchecked!("no pod or service named {from}"),
+    }
+}
+
+/// The rows of a step's data table after its header (`shape` says what the table should look
+/// like, for the message when it is missing).
+pub fn table<'a>(
+    step: &'a cucumber::gherkin::Step,
+    shape: &str,
+) -> (&'a [String], &'a [Vec<String>]) {
+    match step.table.as_ref().and_then(|t| t.rows.split_first()) {
+        Some((header, rows)) if !rows.is_empty() => (header, rows),
+        _ => unchecked!("the step needs a table: {shape}"),
     }
 }

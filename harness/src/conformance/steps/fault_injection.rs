@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use cucumber::{given, then, when};
-use meshtest_load::{LoadArgs, LoadPlan};
 
 use crate::conformance::stats::{acceptance, clopper_pearson, power, sample_size};
 use crate::conformance::steps::jwt::INGRESS_HOST;
+use crate::conformance::steps::latency::{ingress_load, run_load};
 use crate::conformance::world::MeshWorld;
 use crate::declared::routes::{RouteRequest, gateway_route};
 use crate::declared::{DeclaredRoute, human};
@@ -64,9 +64,7 @@ async fn declared(
     apct: String,
 ) {
     let model = crate::declared::model(w.target.manifests());
-    let route = crate::declared::routes::gateway_virtual_services(&model)
-        .into_iter()
-        .find_map(|vs| crate::declared::routes::named_route(&model, vs, &name))
+    let route = crate::declared::routes::ingress_route_named(&model, &name)
         .unwrap_or_else(|| broken!("no ingress route named {name}"));
     let Some(fault) = &route.fault else {
         broken!("the ingress route {name} declares no fault ({})", route.at);
@@ -130,15 +128,13 @@ fn opted_in(w: &MeshWorld, path: &str) -> RouteRequest {
 
 /// The ingress proxy's injected delays and aborts so far (every HTTP listener summed).
 async fn fault_counters(w: &MeshWorld) -> (u64, u64) {
-    let body = w
-        .target
-        .proxy_admin(
-            "istio-ingressgateway",
-            "GET",
-            "/stats?filter=fault%5C.(delays%7Caborts)_injected%24",
-        )
-        .await
-        .unwrap_or_else(|e| unchecked!("reading the ingress gateway's fault counters: {e:#}"));
+    let body = crate::target::stats_matching(
+        w.target.as_ref(),
+        "istio-ingressgateway",
+        r"fault\.(delays|aborts)_injected$",
+    )
+    .await
+    .unwrap_or_else(|e| unchecked!("reading the ingress gateway's fault counters: {e:#}"));
     let sum = |suffix: &str| -> u64 {
         body.lines()
             .filter_map(|l| l.split_once(": "))
@@ -170,23 +166,12 @@ async fn sample(
     delay: Duration,
     abort: u16,
 ) -> FaultSample {
-    let base = w
-        .target
-        .ingress_url(false)
-        .unwrap_or_else(|| unchecked!("the {} target has no HTTP ingress", w.target.kind()));
-    let mut args = LoadArgs::for_url(format!("{base}{path}"));
-    args.rate = Some(RATE);
-    args.requests = Some(n);
-    args.no_progress = true;
-    args.timeout = "10s".into();
+    let mut args = ingress_load(w, path, RATE, n);
     if let Some((k, v)) = header {
         args.headers.push(format!("{k}: {v}"));
     }
-    let plan = LoadPlan::from_args(&args).unwrap_or_else(|e| unchecked!("load plan: {e}"));
     let before = fault_counters(w).await;
-    let result = meshtest_load::run(&plan)
-        .await
-        .unwrap_or_else(|e| unchecked!("load through the ingress: {e}"));
+    let result = run_load(&args).await;
     let after = fault_counters(w).await;
     let rec = &result.recorder;
     let seen_delays = if delay.is_zero() {

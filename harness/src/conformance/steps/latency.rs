@@ -30,15 +30,7 @@ async fn open_loop(
     header: String,
     value: String,
 ) {
-    let base = w
-        .target
-        .ingress_url(false)
-        .unwrap_or_else(|| unchecked!("the {} target has no HTTP ingress", w.target.kind()));
-    let mut args = LoadArgs::for_url(format!("{base}{path}"));
-    args.rate = Some(rate);
-    args.requests = Some(n);
-    args.no_progress = true;
-    args.timeout = format!("{}s", TIMEOUT.as_secs());
+    let mut args = ingress_load(w, &path, rate, n);
     if !header.is_empty() {
         args.headers.push(format!("{header}: {value}"));
     }
@@ -51,12 +43,31 @@ async fn open_loop(
         args.tenant = Some(id);
         args.tier = Some(tier.as_str().into());
     }
-    let plan = LoadPlan::from_args(&args).unwrap_or_else(|e| unchecked!("load plan: {e}"));
-    let result = meshtest_load::run(&plan)
-        .await
-        .unwrap_or_else(|e| unchecked!("load run against {base}{path}: {e}"));
+    let result = run_load(&args).await;
     w.asked_load = n;
     w.loads.push(result);
+}
+
+/// An open loop of `n` requests at `rate` per second through the ingress to `path`.
+pub fn ingress_load(w: &MeshWorld, path: &str, rate: f64, n: u64) -> LoadArgs {
+    let base = w
+        .target
+        .ingress_url(false)
+        .unwrap_or_else(|| unchecked!("the {} target has no HTTP ingress", w.target.kind()));
+    let mut args = LoadArgs::for_url(format!("{base}{path}"));
+    args.rate = Some(rate);
+    args.requests = Some(n);
+    args.no_progress = true;
+    args.timeout = format!("{}s", TIMEOUT.as_secs());
+    args
+}
+
+/// Runs a load; a plan or run the harness cannot make is UNCHECKED.
+pub async fn run_load(args: &LoadArgs) -> meshtest_load::LoadResult {
+    let plan = LoadPlan::from_args(args).unwrap_or_else(|e| unchecked!("load plan: {e}"));
+    meshtest_load::run(&plan)
+        .await
+        .unwrap_or_else(|e| unchecked!("load against {}: {e}", args.url))
 }
 
 fn last_load(w: &MeshWorld) -> &meshtest_load::LoadResult {

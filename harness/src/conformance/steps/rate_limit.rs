@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cucumber::{given, then, when};
 
-use crate::conformance::steps::common::{batch, judge_every, unreachable};
+use crate::conformance::steps::common::{batch, judge_every, table, unreachable};
 use crate::conformance::steps::jwt::token;
 use crate::conformance::world::{CALL_TIMEOUT, MeshWorld, RateLimited};
 use crate::declared::rate_limit::{Bucket, ingress_bucket};
@@ -79,14 +79,7 @@ async fn declared_bucket(
 
 #[then("the ingress rate limit declares these buckets:")]
 async fn declared_buckets(w: &mut MeshWorld, step: &cucumber::gherkin::Step) {
-    let Some(rows) = step
-        .table
-        .as_ref()
-        .and_then(|t| t.rows.split_first())
-        .map(|(_, r)| r)
-    else {
-        unchecked!("the step needs a table: | tier | requests | per |");
-    };
+    let (_, rows) = table(step, "| tier | requests | per |");
     let model = crate::declared::model(w.target.manifests());
     let mut lines = Vec::new();
     for row in rows {

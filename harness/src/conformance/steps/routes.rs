@@ -6,12 +6,12 @@ use std::time::Duration;
 use cucumber::gherkin::Step;
 use cucumber::{given, then, when};
 
-use crate::conformance::steps::common::{observed, pods_of, requests_served, workload_call};
+use crate::conformance::steps::common::{observed, pods_of, requests_served, table, workload_call};
 use crate::conformance::steps::jwt::{INGRESS_HOST, ingress_call};
 use crate::conformance::world::MeshWorld;
 use crate::declared::human;
 use crate::declared::routes::{
-    DeclaredRoute, RouteRequest, gateway_route, gateway_virtual_services, mesh_route, named_route,
+    DeclaredRoute, RouteRequest, gateway_route, ingress_route_named, mesh_route, named_route,
 };
 use crate::envoy::config_dump;
 use crate::model::MeshModel;
@@ -22,12 +22,9 @@ use crate::{broken, promise, unchecked};
 /// "the ingress route default" or "the route to llm-orchestrator".
 fn route(model: &MeshModel, which: &str) -> DeclaredRoute {
     if let Some(name) = which.strip_prefix("the ingress route ") {
-        for vs in gateway_virtual_services(model) {
-            if let Some(r) = named_route(model, vs, name) {
-                return r;
-            }
-        }
-        broken!("no VirtualService bound to the ingress gateway has a route named {name}");
+        return ingress_route_named(model, name).unwrap_or_else(|| {
+            broken!("no VirtualService bound to the ingress gateway has a route named {name}")
+        });
     }
     if let Some(service) = which.strip_prefix("the route to ") {
         let Some(svc) = model.service(service) else {
@@ -44,16 +41,22 @@ fn parse_duration(text: &str) -> Duration {
 
 // ---- timeouts ----
 
-/// The proxies a route lives in: the ingress gateway for gateway VirtualServices, every
-/// sidecar for mesh ones.
-fn proxies_of(w: &MeshWorld, model: &MeshModel, vs_name: &str) -> Vec<String> {
-    let vs = model
+fn virtual_service<'a>(
+    model: &'a MeshModel,
+    name: &str,
+) -> &'a crate::manifest::Resource<crate::manifest::istio::VirtualServiceSpec> {
+    model
         .manifests
         .virtual_services
         .iter()
-        .find(|v| v.name() == vs_name)
-        .unwrap_or_else(|| broken!("the mesh declares no VirtualService {vs_name}"));
-    if binds_mesh(&vs.spec) {
+        .find(|v| v.name() == name)
+        .unwrap_or_else(|| broken!("the mesh declares no VirtualService {name}"))
+}
+
+/// The proxies a route lives in: the ingress gateway for gateway VirtualServices, every
+/// sidecar for mesh ones.
+fn proxies_of(w: &MeshWorld, model: &MeshModel, vs_name: &str) -> Vec<String> {
+    if binds_mesh(&virtual_service(model, vs_name).spec) {
         w.target.pods().into_iter().map(|p| p.name).collect()
     } else {
         vec!["istio-ingressgateway".into()]
@@ -62,23 +65,15 @@ fn proxies_of(w: &MeshWorld, model: &MeshModel, vs_name: &str) -> Vec<String> {
 
 #[then("the proxies' routes have the timeouts their VirtualServices declare:")]
 async fn route_timeouts(w: &mut MeshWorld, step: &Step) {
-    let Some(table) = step.table.as_ref() else {
-        unchecked!("the step needs a table: | virtual service | route | timeout |");
-    };
+    let (_, rows) = table(step, "| virtual service | route | timeout |");
     let model = crate::declared::model(w.target.manifests());
     let mut dumps: std::collections::HashMap<String, Vec<config_dump::Route>> = Default::default();
     let mut lines = Vec::new();
-    for row in table.rows.iter().skip(1) {
+    for row in rows {
         let [vs_name, route_name, promised] = &row[..] else {
             unchecked!("each row needs a virtual service, a route and a timeout");
         };
-        let vs = model
-            .manifests
-            .virtual_services
-            .iter()
-            .find(|v| v.name() == vs_name)
-            .unwrap_or_else(|| broken!("the mesh declares no VirtualService {vs_name}"));
-        let declared = named_route(&model, vs, route_name)
+        let declared = named_route(&model, virtual_service(&model, vs_name), route_name)
             .unwrap_or_else(|| broken!("VirtualService {vs_name} has no route {route_name}"));
         let promised = parse_duration(promised);
         promise!(
