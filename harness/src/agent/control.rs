@@ -17,6 +17,9 @@ use crate::client::{self, Request};
 pub struct AgentStats {
     /// Requests received on the app ports (each retry attempt of a caller's proxy counts).
     pub requests: u64,
+    /// Of those, the ones a fault changed.
+    #[serde(default)]
+    pub faulted: u64,
 }
 
 /// POST /call: what to call from this workload (through its sidecar).
@@ -47,6 +50,7 @@ fn ten_seconds() -> u64 {
 pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -> Handled {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
     let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(json_response(400, &json!({"error": e.to_string()}))),
@@ -60,23 +64,32 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -
                 &json!({"service": c.service, "version": c.version, "pod": c.pod, "namespace": c.namespace}),
             )
         }
-        (Method::GET, "/fault") => json_response(200, &*shared.fault.lock().expect("fault lock")),
+        (Method::GET, "/fault") => json_response(200, &shared.fault()),
         (Method::GET, "/stats") => json_response(
             200,
             &AgentStats {
                 requests: shared.requests.load(std::sync::atomic::Ordering::Relaxed),
+                faulted: shared.faulted.load(std::sync::atomic::Ordering::Relaxed),
             },
         ),
         (Method::PUT | Method::POST, "/fault") => match serde_json::from_slice::<Fault>(&body) {
             Ok(f) => {
-                *shared.fault.lock().expect("fault lock") = f.clone();
+                shared.fault.lock().expect("fault lock").set(f.clone());
                 json_response(200, &f)
             }
             Err(e) => json_response(400, &json!({"error": format!("bad fault: {e}")})),
         },
+        // `?owner=ID` clears the fault only if that owner set it (a chaos revert never clears
+        // someone else's fault); the answer says whether it did.
         (Method::DELETE, "/fault") => {
-            *shared.fault.lock().expect("fault lock") = Fault::default();
-            json_response(200, &Fault::default())
+            let owner = query.split('&').find_map(|kv| kv.strip_prefix("owner="));
+            let mut state = shared.fault.lock().expect("fault lock");
+            let current = state.current();
+            let ours = owner.is_none_or(|o| current.owner.as_deref() == Some(o));
+            if ours {
+                state.set(Fault::default());
+            }
+            json_response(200, &json!({"cleared": ours && current.is_active(), "fault": state.current()}))
         }
         (Method::POST, "/call") => match serde_json::from_slice::<CallOrder>(&body) {
             Ok(order) => {

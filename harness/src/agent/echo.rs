@@ -34,7 +34,33 @@ pub(crate) async fn handle(
     shared
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let fault = shared.fault.lock().expect("fault lock").clone();
+    let fault = shared.fault();
+    if fault.is_active() {
+        shared
+            .faulted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let answer = respond(&shared, port, &fault, req).await?;
+    Ok(match fault.slow_body_ms {
+        Some(ms) => slow(answer, Duration::from_millis(ms)).await,
+        None => answer,
+    })
+}
+
+/// The same answer with its body spread over `over`.
+async fn slow(answer: super::Response, over: Duration) -> super::Response {
+    let (parts, body) = answer.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = http_body_util::BodyExt::boxed(super::fault::SlowBody::new(bytes, over));
+    hyper::Response::from_parts(parts, body)
+}
+
+async fn respond(
+    shared: &Arc<Shared>,
+    port: u16,
+    fault: &super::Fault,
+    req: hyper::Request<Incoming>,
+) -> Handled {
     if fault.close {
         return Err(CloseConnection);
     }
@@ -42,7 +68,7 @@ pub(crate) async fn handle(
         let started = Instant::now();
         // Wait until the fault is lifted or the bound runs out; a hang then closes, a hold answers.
         let lifted = loop {
-            let current = shared.fault.lock().expect("fault lock").clone();
+            let current = shared.fault();
             if current.hang != fault.hang || current.hold != fault.hold {
                 break true;
             }
@@ -75,7 +101,7 @@ pub(crate) async fn handle(
     {
         return Ok(hyper::Response::builder()
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(jwks.clone())))
+            .body(super::full(jwks.clone()))
             .expect("static response parts are valid"));
     }
     if let Some((_, target)) = cfg
@@ -156,7 +182,7 @@ async fn forward(
                 builder = builder.header(k, v);
             }
             builder
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .body(super::full(body))
                 .unwrap_or_else(|e| {
                     json_response(
                         502,

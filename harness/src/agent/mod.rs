@@ -4,19 +4,21 @@
 
 pub mod control;
 mod echo;
+mod fault;
+
+pub use fault::{Fault, HANG_LIMIT};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::client::Dial;
@@ -59,68 +61,6 @@ pub enum Outbound {
     Dns,
 }
 
-/// A fault the agent applies to the requests it serves (not to control requests).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fault {
-    /// Answer with this status instead of the echo.
-    #[serde(default)]
-    pub status: Option<u16>,
-    /// Wait this long before answering.
-    #[serde(default)]
-    pub delay_ms: Option<u64>,
-    /// Never answer (bounded: the connection is dropped after `HANG_LIMIT`).
-    #[serde(default)]
-    pub hang: bool,
-    /// Close the connection without a response.
-    #[serde(default)]
-    pub close: bool,
-    /// Hold every request until the fault is lifted, then answer it normally (bounded by
-    /// `HANG_LIMIT`): a slow upstream whose end the caller decides.
-    #[serde(default)]
-    pub hold: bool,
-}
-
-impl Fault {
-    pub fn status(status: u16) -> Fault {
-        Fault {
-            status: Some(status),
-            ..Fault::default()
-        }
-    }
-
-    pub fn delay_ms(ms: u64) -> Fault {
-        Fault {
-            delay_ms: Some(ms),
-            ..Fault::default()
-        }
-    }
-
-    pub fn hang() -> Fault {
-        Fault {
-            hang: true,
-            ..Fault::default()
-        }
-    }
-
-    pub fn close() -> Fault {
-        Fault {
-            close: true,
-            ..Fault::default()
-        }
-    }
-
-    pub fn hold() -> Fault {
-        Fault {
-            hold: true,
-            ..Fault::default()
-        }
-    }
-}
-
-/// Longest a hang holds a request, so a forgotten fault cannot pin resources forever.
-pub const HANG_LIMIT: Duration = Duration::from_secs(300);
-
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub service: String,
@@ -144,9 +84,18 @@ pub struct AgentConfig {
 
 pub(crate) struct Shared {
     pub config: AgentConfig,
-    pub fault: Mutex<Fault>,
+    pub fault: Mutex<fault::FaultState>,
     /// Requests the app ports received (not control requests), for steps that count attempts.
     pub requests: std::sync::atomic::AtomicU64,
+    /// Of those, the ones a fault changed (how chaos sees that a fault reached traffic).
+    pub faulted: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// The fault in force now.
+    pub fn fault(&self) -> Fault {
+        self.fault.lock().expect("fault lock").current()
+    }
 }
 
 impl Shared {
@@ -188,8 +137,9 @@ impl Agent {
     pub async fn start(config: AgentConfig) -> Result<Agent> {
         let shared = Arc::new(Shared {
             config: config.clone(),
-            fault: Mutex::new(Fault::default()),
+            fault: Mutex::new(fault::FaultState::default()),
             requests: Default::default(),
+            faulted: Default::default(),
         });
         let mut tasks = JoinSet::new();
         for (port, listen) in &config.listen {
@@ -223,7 +173,14 @@ impl Drop for Agent {
     }
 }
 
-pub(crate) type Response = hyper::Response<Full<Bytes>>;
+/// Answers are boxed so a slow body and a whole one have one type.
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+pub(crate) type Response = hyper::Response<Body>;
+
+/// A whole body at once.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::BodyExt::boxed(Full::new(bytes.into()))
+}
 
 /// Marks a response whose connection must be dropped without an answer (fault `close`).
 #[derive(Debug)]
@@ -288,7 +245,7 @@ pub(crate) fn json_response(status: u16, value: &impl Serialize) -> Response {
     hyper::Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(full(body))
         .expect("static response parts are valid")
 }
 

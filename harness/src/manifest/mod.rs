@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::error::InputError;
 
 /// Where a resource came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Origin {
     pub file: PathBuf,
     pub line: u64,
@@ -31,7 +31,7 @@ impl Origin {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
     pub name: String,
@@ -44,7 +44,7 @@ pub struct Metadata {
 }
 
 /// One resource with its metadata, spec and origin.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct Resource<S> {
     pub metadata: Metadata,
     pub spec: S,
@@ -61,8 +61,9 @@ impl<S> Resource<S> {
     }
 }
 
-/// Everything a mesh directory declares.
-#[derive(Debug, Clone, Default)]
+/// Everything a mesh directory declares (serializable, so a live change can be handed to the
+/// process that runs the mesh).
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
 pub struct Manifests {
     pub dir: PathBuf,
     pub namespaces: Vec<Resource<()>>,

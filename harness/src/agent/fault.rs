@@ -1,0 +1,234 @@
+//! The faults an agent applies to what it serves: what they do, who set them (a chaos run's id,
+//! so a revert touches only its own), and when they expire by themselves (a lease kept by the
+//! agent, so a fault ends even if whoever set it is gone).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A fault the agent applies to the requests it serves (not to control requests).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Answer with this status instead of the echo.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Wait this long before answering.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Never answer (bounded: the connection is dropped after `HANG_LIMIT`).
+    #[serde(default)]
+    pub hang: bool,
+    /// Close the connection without a response.
+    #[serde(default)]
+    pub close: bool,
+    /// Hold every request until the fault is lifted, then answer it normally (bounded by
+    /// `HANG_LIMIT`): a slow upstream whose end the caller decides.
+    #[serde(default)]
+    pub hold: bool,
+    /// Send the answer's body in pieces spread over this long (headers come at once).
+    #[serde(default)]
+    pub slow_body_ms: Option<u64>,
+    /// Who set the fault (a chaos run's id): a revert by owner clears only its own.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The fault ends by itself this long after it was set.
+    #[serde(default)]
+    pub lease_ms: Option<u64>,
+}
+
+/// Longest a hang holds a request, so a forgotten fault cannot pin resources forever.
+pub const HANG_LIMIT: Duration = Duration::from_secs(300);
+
+impl Fault {
+    pub fn status(status: u16) -> Fault {
+        Fault {
+            status: Some(status),
+            ..Fault::default()
+        }
+    }
+
+    pub fn delay_ms(ms: u64) -> Fault {
+        Fault {
+            delay_ms: Some(ms),
+            ..Fault::default()
+        }
+    }
+
+    pub fn hang() -> Fault {
+        Fault {
+            hang: true,
+            ..Fault::default()
+        }
+    }
+
+    pub fn close() -> Fault {
+        Fault {
+            close: true,
+            ..Fault::default()
+        }
+    }
+
+    pub fn hold() -> Fault {
+        Fault {
+            hold: true,
+            ..Fault::default()
+        }
+    }
+
+    pub fn slow_body(ms: u64) -> Fault {
+        Fault {
+            slow_body_ms: Some(ms),
+            ..Fault::default()
+        }
+    }
+
+    /// The same fault, owned by `owner` and ending by itself after `lease`.
+    pub fn owned(mut self, owner: &str, lease: Duration) -> Fault {
+        self.owner = Some(owner.to_string());
+        self.lease_ms = Some(lease.as_millis() as u64);
+        self
+    }
+
+    /// Does it change what the agent serves at all?
+    pub fn is_active(&self) -> bool {
+        self.status.is_some()
+            || self.delay_ms.is_some()
+            || self.hang
+            || self.close
+            || self.hold
+            || self.slow_body_ms.is_some()
+    }
+
+    /// "status 503", "delay 2000 ms", ... for evidence and plans.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.status {
+            parts.push(format!("status {s}"));
+        }
+        if let Some(ms) = self.delay_ms {
+            parts.push(format!("delay {ms} ms"));
+        }
+        if self.hang {
+            parts.push("hang".to_string());
+        }
+        if self.close {
+            parts.push("close the connection".to_string());
+        }
+        if self.hold {
+            parts.push("hold until released".to_string());
+        }
+        if let Some(ms) = self.slow_body_ms {
+            parts.push(format!("body spread over {ms} ms"));
+        }
+        if parts.is_empty() {
+            "no fault".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// The fault in force, and since when.
+#[derive(Debug)]
+pub(crate) struct FaultState {
+    fault: Fault,
+    set_at: Instant,
+}
+
+impl Default for FaultState {
+    fn default() -> Self {
+        FaultState {
+            fault: Fault::default(),
+            set_at: Instant::now(),
+        }
+    }
+}
+
+impl FaultState {
+    pub fn set(&mut self, fault: Fault) {
+        self.fault = fault;
+        self.set_at = Instant::now();
+    }
+
+    /// The fault in force now (none once its lease ran out).
+    pub fn current(&mut self) -> Fault {
+        if let Some(ms) = self.fault.lease_ms
+            && self.set_at.elapsed() >= Duration::from_millis(ms)
+        {
+            self.fault = Fault::default();
+        }
+        self.fault.clone()
+    }
+}
+
+/// A body sent in pieces over a span of time (the `slow_body_ms` fault).
+pub(crate) struct SlowBody {
+    chunks: VecDeque<Bytes>,
+    every: Duration,
+    next: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl SlowBody {
+    pub fn new(body: Bytes, over: Duration) -> SlowBody {
+        const PIECES: usize = 10;
+        let size = body.len().div_ceil(PIECES).max(1);
+        let chunks: VecDeque<Bytes> = (0..body.len())
+            .step_by(size)
+            .map(|i| body.slice(i..(i + size).min(body.len())))
+            .collect();
+        let every = over / chunks.len().max(1) as u32;
+        SlowBody {
+            chunks,
+            every,
+            next: Box::pin(tokio::time::sleep(every)),
+        }
+    }
+}
+
+impl hyper::body::Body for SlowBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.chunks.is_empty() {
+            return Poll::Ready(None);
+        }
+        if self.next.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let every = self.every;
+        let deadline = tokio::time::Instant::now() + every;
+        self.next.as_mut().reset(deadline);
+        let chunk = self.chunks.pop_front().expect("checked non-empty");
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leased_fault_ends_by_itself() {
+        let mut s = FaultState::default();
+        s.set(Fault::status(503).owned("run-1", Duration::from_millis(30)));
+        assert_eq!(s.current().status, Some(503));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!s.current().is_active());
+    }
+
+    #[test]
+    fn describes_itself() {
+        assert_eq!(Fault::status(503).describe(), "status 503");
+        assert_eq!(Fault::default().describe(), "no fault");
+        assert!(!Fault::default().is_active());
+    }
+}
