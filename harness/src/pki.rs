@@ -68,6 +68,18 @@ impl MeshCa {
         self.sign(params)
     }
 
+    /// A workload leaf that expired yesterday (for the chaos certificate fault: peers must
+    /// reject it).
+    pub fn issue_expired_workload(&self, spiffe_id: &str) -> Result<Leaf> {
+        let mut params = leaf_params()?;
+        params.subject_alt_names = vec![SanType::URI(
+            spiffe_id.try_into().context("SPIFFE ID as a URI SAN")?,
+        )];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+        params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        self.sign(params)
+    }
+
     /// A server certificate for the ingress gateway's HTTPS listener.
     pub fn issue_server(&self, dns_names: &[&str], ips: &[IpAddr]) -> Result<Leaf> {
         let mut params = leaf_params()?;

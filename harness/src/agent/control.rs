@@ -64,7 +64,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -
                 &json!({"service": c.service, "version": c.version, "pod": c.pod, "namespace": c.namespace}),
             )
         }
-        (Method::GET, "/fault") => json_response(200, &shared.fault()),
+        (Method::GET, "/fault") => {
+            json_response(200, &shared.fault.lock().expect("fault lock").status())
+        }
         (Method::GET, "/stats") => json_response(
             200,
             &AgentStats {
@@ -89,7 +91,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: hyper::Request<Incoming>) -
             if ours {
                 state.set(Fault::default());
             }
-            json_response(200, &json!({"cleared": ours && current.is_active(), "fault": state.current()}))
+            json_response(
+                200,
+                &json!({"cleared": ours && current.is_active(), "fault": state.current()}),
+            )
         }
         (Method::POST, "/call") => match serde_json::from_slice::<CallOrder>(&body) {
             Ok(order) => {

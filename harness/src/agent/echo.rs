@@ -34,7 +34,7 @@ pub(crate) async fn handle(
     shared
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let fault = shared.fault();
+    let fault = shared.fault_for_request();
     if fault.is_active() {
         shared
             .faulted
@@ -50,7 +50,11 @@ pub(crate) async fn handle(
 /// The same answer with its body spread over `over`.
 async fn slow(answer: super::Response, over: Duration) -> super::Response {
     let (parts, body) = answer.into_parts();
-    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body = http_body_util::BodyExt::boxed(super::fault::SlowBody::new(bytes, over));
     hyper::Response::from_parts(parts, body)
 }
@@ -181,14 +185,12 @@ async fn forward(
             {
                 builder = builder.header(k, v);
             }
-            builder
-                .body(super::full(body))
-                .unwrap_or_else(|e| {
-                    json_response(
-                        502,
-                        &json!({"error": format!("bad upstream response: {e}")}),
-                    )
-                })
+            builder.body(super::full(body)).unwrap_or_else(|e| {
+                json_response(
+                    502,
+                    &json!({"error": format!("bad upstream response: {e}")}),
+                )
+            })
         }
         other => json_response(
             502,

@@ -133,11 +133,20 @@ impl Fault {
     }
 }
 
-/// The fault in force, and since when.
+/// GET /fault: the fault in force, how many requests it has changed, and its time left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultStatus {
+    pub fault: Fault,
+    pub hits: u64,
+    pub remaining_ms: Option<u64>,
+}
+
+/// The fault in force, since when, and how often it changed an answer.
 #[derive(Debug)]
 pub(crate) struct FaultState {
     fault: Fault,
     set_at: Instant,
+    hits: u64,
 }
 
 impl Default for FaultState {
@@ -145,6 +154,7 @@ impl Default for FaultState {
         FaultState {
             fault: Fault::default(),
             set_at: Instant::now(),
+            hits: 0,
         }
     }
 }
@@ -153,6 +163,7 @@ impl FaultState {
     pub fn set(&mut self, fault: Fault) {
         self.fault = fault;
         self.set_at = Instant::now();
+        self.hits = 0;
     }
 
     /// The fault in force now (none once its lease ran out).
@@ -160,9 +171,32 @@ impl FaultState {
         if let Some(ms) = self.fault.lease_ms
             && self.set_at.elapsed() >= Duration::from_millis(ms)
         {
-            self.fault = Fault::default();
+            self.set(Fault::default());
         }
         self.fault.clone()
+    }
+
+    /// The fault for a request it will change (counted).
+    pub fn hit(&mut self) -> Fault {
+        let f = self.current();
+        if f.is_active() {
+            self.hits += 1;
+        }
+        f
+    }
+
+    pub fn status(&mut self) -> FaultStatus {
+        let fault = self.current();
+        let remaining_ms = fault.lease_ms.map(|ms| {
+            Duration::from_millis(ms)
+                .saturating_sub(self.set_at.elapsed())
+                .as_millis() as u64
+        });
+        FaultStatus {
+            fault,
+            hits: self.hits,
+            remaining_ms,
+        }
     }
 }
 

@@ -6,7 +6,7 @@ pub mod control;
 mod echo;
 mod fault;
 
-pub use fault::{Fault, HANG_LIMIT};
+pub use fault::{Fault, FaultStatus, HANG_LIMIT};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -95,6 +95,11 @@ impl Shared {
     /// The fault in force now.
     pub fn fault(&self) -> Fault {
         self.fault.lock().expect("fault lock").current()
+    }
+
+    /// The fault for a request about to be served (counted when it changes it).
+    pub fn fault_for_request(&self) -> Fault {
+        self.fault.lock().expect("fault lock").hit()
     }
 }
 

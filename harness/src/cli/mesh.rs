@@ -77,9 +77,23 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         mesh_dir: mesh_dir.clone(),
         envoy: Some(envoy),
     };
-    let mesh = LocalMesh::start(&opts).await?;
+    let mesh = std::sync::Arc::new(LocalMesh::start(&opts).await?);
     let elapsed = started.elapsed();
     let state = mesh.state(&mesh_dir);
+    // Other processes (chaos --attach, run --attach, chaos revert) change the mesh through
+    // this process; it also keeps the chaos faults' leases.
+    let control = crate::local::control::serve(mesh.clone(), &state.control)?;
+    let keeper = {
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Err(e) = mesh.tick().await {
+                    eprintln!("meshtest: ending an expired chaos fault: {e:#}");
+                }
+            }
+        })
+    };
     state.write(&state_file())?;
     let http = state.ingress.http.clone().unwrap_or_else(|| "-".into());
     let https = state.ingress.https.clone().unwrap_or_else(|| "-".into());
@@ -98,6 +112,12 @@ pub async fn up(a: UpArgs) -> Result<u8> {
     }
     println!("meshtest: Ctrl-C or `meshtest down` stops it");
     signals.wait().await;
+    control.abort();
+    keeper.abort();
+    let _ = control.await;
+    let _ = keeper.await;
+    // Every clone is gone with its task: dropping the last stops every proxy and agent.
+    mesh.stop();
     drop(mesh);
     let _ = std::fs::remove_file(state_file());
     println!("meshtest: mesh stopped");

@@ -18,6 +18,9 @@ pub struct RunArgs {
     /// Directory of Kubernetes + Istio manifests (the local target starts it).
     #[arg(long, default_value = "mesh/pyairtable")]
     mesh: PathBuf,
+    /// Run against the mesh `meshtest up` runs (its state.json) instead of starting one.
+    #[arg(long, conflicts_with = "mesh")]
+    attach: bool,
     /// Only scenarios matching this tag expression, e.g. "@mtls" (default: "not @slow").
     #[arg(long)]
     tags: Option<String>,
@@ -64,22 +67,37 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     // before anything starts.
     let files = validate::feature_files(&features)?;
     validate::validate(&files)?;
-    if !a.mesh.is_dir() {
-        return Err(InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into());
-    }
-    let mesh_dir = a.mesh.canonicalize()?;
+    let attached = if a.attach {
+        Some(super::mesh::read_running_state()?)
+    } else {
+        None
+    };
+    let mesh_dir = match &attached {
+        Some(state) => state.mesh_dir.clone(),
+        None if a.mesh.is_dir() => a.mesh.canonicalize()?,
+        None => {
+            return Err(
+                InputError::new(&a.mesh, "mesh directory not found (use --mesh DIR)").into(),
+            );
+        }
+    };
     let model = crate::model::MeshModel::build(crate::manifest::Manifests::load_dir(&mesh_dir)?)?;
     crate::translate::proxy::check(&model)?;
     let parsed = validate::validate_with(&files, Some(&validate::Names::of_model(&model)))?;
     let tag_text = runner::default_tags(a.tags, a.slow);
     let selection = runner::Selection::parse(tag_text.as_deref(), a.name.as_deref())?;
     validate::selects_something(&parsed, &selection)?;
-    let mesh = LocalMesh::start(&LocalOptions {
-        mesh_dir: mesh_dir.clone(),
-        envoy: None,
-    })
-    .await?;
-    let target: Arc<dyn Target> = Arc::new(LocalTarget::owning(mesh, &mesh_dir)?);
+    let target: Arc<dyn Target> = match attached {
+        Some(state) => Arc::new(LocalTarget::attach(state)?),
+        None => {
+            let mesh = LocalMesh::start(&LocalOptions {
+                mesh_dir: mesh_dir.clone(),
+                envoy: None,
+            })
+            .await?;
+            Arc::new(LocalTarget::owning(mesh, &mesh_dir)?)
+        }
+    };
     let opts = RunOptions {
         features,
         tags: tag_text,

@@ -42,6 +42,11 @@ impl Block {
         Ipv4Addr::new(127, self.octet, 0, 1)
     }
 
+    /// 127.B.255.N: where the N-th fault proxy of a chaos fault listens.
+    pub fn fault_proxy_ip(&self, n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.octet, 255, n)
+    }
+
     /// 127.B.S.R: S is the service's index + 1, R the pod's ordinal + 1.
     pub fn pod_ip(&self, model: &MeshModel, pod: &Pod) -> Ipv4Addr {
         let s = model

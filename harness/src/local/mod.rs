@@ -4,6 +4,9 @@
 //! filesystem xDS.
 
 pub mod admin;
+pub mod control;
+mod fault_proxy;
+mod faults;
 pub mod jwks;
 pub mod layout;
 pub mod owner;
@@ -36,6 +39,9 @@ use proxy::Proxy;
 use runtime::MeshThread;
 pub use state::{IngressState, PodState, Recorded, State};
 
+/// The service account of the certificates a chaos "other identity" fault swaps in.
+pub const IMPOSTOR_SERVICE_ACCOUNT: &str = "meshtest-impostor";
+
 /// How long a proxy may take to load its config before start-up fails.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a live config change may take to reach every proxy.
@@ -48,14 +54,15 @@ pub struct LocalOptions {
     pub envoy: Option<PathBuf>,
 }
 
-/// A pod: its sidecar and the agent behind it.
+/// A pod: its sidecar and the agent behind it (gone while a chaos fault has killed the pod).
 pub struct LocalPod {
     pub pod: Pod,
     pub ip: IpAddr,
     pub control: PathBuf,
     placement: SidecarPlacement,
     proxy: Proxy,
-    _agent: Agent,
+    agent: Mutex<Option<Agent>>,
+    agent_config: crate::agent::AgentConfig,
 }
 
 impl LocalPod {
@@ -72,7 +79,11 @@ impl LocalPod {
 
 /// A running embedded mesh. Dropping it kills every Envoy and agent it started.
 pub struct LocalMesh {
+    /// The manifests last applied (chaos faults are overlaid on them, never written into them).
+    declared: Mutex<Manifests>,
+    /// The model of what the proxies run now (declared + faults).
     model: Mutex<MeshModel>,
+    board: Mutex<faults::Board>,
     pub pods: Vec<LocalPod>,
     ingress: Proxy,
     ingress_certs: CertFiles,
@@ -84,7 +95,7 @@ pub struct LocalMesh {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     owner: Owner,
     /// Runs the agents and owns the Envoys' parent thread; dropped after them.
-    _thread: MeshThread,
+    thread: MeshThread,
     // Dropped last: the processes above must be gone before their files and block are.
     run: RunDir,
     block: Block,
@@ -152,6 +163,18 @@ impl LocalMesh {
             std::fs::create_dir_all(&dir)?;
             let leaf = ca.issue_workload(&pod.spiffe_id())?;
             let certs = pki::write_leaf(&certs_dir, &pod.name, &leaf, &ca)?;
+            // Chaos certificate faults swap these in: signed by the mesh CA, but expired or
+            // for another identity. Issued now, so the CA key never outlives start-up.
+            let expired = ca.issue_expired_workload(&pod.spiffe_id())?;
+            pki::write_leaf(&certs_dir, &format!("{}.expired", pod.name), &expired, &ca)?;
+            let impostor =
+                ca.issue_workload(&spiffe_id(&pod.namespace, IMPOSTOR_SERVICE_ACCOUNT))?;
+            pki::write_leaf(
+                &certs_dir,
+                &format!("{}.impostor", pod.name),
+                &impostor,
+                &ca,
+            )?;
             let placement = SidecarPlacement {
                 ip: IpAddr::V4(block.pod_ip(&model, pod)),
                 outbound: dir.join("o.sock"),
@@ -159,16 +182,14 @@ impl LocalMesh {
                 certs,
             };
             let control = dir.join("c.sock");
-            let agent = {
-                let config = agent_config(&model, pod, &placement, &control, issuer.jwks())?;
-                thread.run(Agent::start(config)).await??
-            };
-            prepared.push((pod.clone(), dir, placement, control, agent));
+            let config = agent_config(&model, pod, &placement, &control, issuer.jwks())?;
+            let agent = thread.run(Agent::start(config.clone())).await??;
+            prepared.push((pod.clone(), dir, placement, control, agent, config));
         }
 
         let endpoints = |p: &Pod| IpAddr::V4(block.pod_ip(&model, p));
         let mut pods = Vec::new();
-        for (pod, dir, placement, control, agent) in prepared {
+        for (pod, dir, placement, control, agent, agent_config) in prepared {
             let config = envoy_config::sidecar(&model, &pod, &placement, &endpoints)?;
             let node = format!(
                 "sidecar~{}~{}.{}~{}.svc.cluster.local",
@@ -183,7 +204,8 @@ impl LocalMesh {
                 placement,
                 proxy,
                 pod,
-                _agent: agent,
+                agent: Mutex::new(Some(agent)),
+                agent_config,
             });
         }
         let ingress_dir = run.path.join("ingress");
@@ -212,7 +234,9 @@ impl LocalMesh {
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let deaths = proxy::watch(&thread, watched, stopping.clone());
         let mesh = LocalMesh {
+            declared: Mutex::new(model.manifests.clone()),
             model: Mutex::new(model),
+            board: Mutex::new(faults::Board::default()),
             pods,
             ingress,
             ingress_certs,
@@ -223,7 +247,7 @@ impl LocalMesh {
             deaths,
             stopping,
             owner: Owner::current(),
-            _thread: thread,
+            thread,
             run,
             block,
         };
@@ -266,27 +290,39 @@ impl LocalMesh {
         Ok(())
     }
 
-    /// Re-translates `manifests` (fetching any jwksUri not fetched before) and hands every
-    /// changed proxy its new config without a restart. Workloads must be the same as at start
-    /// (pods are processes; adding one needs a restart).
+    /// Makes `manifests` what the mesh declares and pushes it (with any chaos faults still
+    /// overlaid) to every proxy it changes, without a restart. Workloads must be the same as at
+    /// start (pods are processes; adding one needs a restart).
     pub async fn apply(&self, manifests: Manifests) -> Result<()> {
-        let mut model = MeshModel::build(manifests)?;
+        let model = MeshModel::build(manifests.clone())?;
         {
             let current = self.model.lock().expect("model lock");
             if model.pods != current.pods || model.services != current.services {
                 bail!("workloads (Deployments/Services) changed: restart the mesh to apply them");
             }
+        }
+        *self.declared.lock().expect("declared lock") = manifests;
+        self.push().await
+    }
+
+    /// Translates what the mesh declares, with the active faults overlaid (fetching any
+    /// jwksUri not fetched before), and hands every changed proxy its new config.
+    async fn push(&self) -> Result<()> {
+        let declared = self.declared.lock().expect("declared lock").clone();
+        let (manifests, overlay) = self.overlay(&declared);
+        let mut model = MeshModel::build(manifests)?;
+        {
+            let current = self.model.lock().expect("model lock");
             let uris = model.jwks_uris();
             model.jwks = current.jwks.clone();
             model.jwks.retain(|uri, _| uris.contains(uri));
         }
         let block = &self.block;
-        let missing: Vec<String> = model
+        let missing = model
             .jwks_uris()
             .into_iter()
-            .filter(|u| !model.jwks.contains_key(u))
-            .collect();
-        if !missing.is_empty() {
+            .any(|u| !model.jwks.contains_key(&u));
+        if missing {
             let pod_ip = |p: &Pod| IpAddr::V4(block.pod_ip(&model, p));
             let (fetched, warnings) = jwks::resolve(&model, &pod_ip).await;
             for w in warnings {
@@ -299,14 +335,32 @@ impl LocalMesh {
             *v += 1;
             *v
         };
-        let endpoints = |p: &Pod| IpAddr::V4(block.pod_ip(&model, p));
+        // Each caller reaches each pod directly, or through a fault proxy spliced in between.
+        let endpoints_for = |caller: &str| {
+            let overlay = &overlay;
+            let model = &model;
+            let caller = caller.to_string();
+            move |p: &Pod| {
+                overlay
+                    .endpoints
+                    .get(&(caller.clone(), p.name.clone()))
+                    .copied()
+                    .unwrap_or(IpAddr::V4(block.pod_ip(model, p)))
+            }
+        };
         let mut changed = Vec::new();
         for lp in &self.pods {
-            let config = envoy_config::sidecar(&model, &lp.pod, &lp.placement, &endpoints)?;
+            let mut placement = lp.placement.clone();
+            if let Some(certs) = overlay.certs.get(&lp.pod.name) {
+                placement.certs = certs.clone();
+            }
+            let endpoints = endpoints_for(&lp.pod.name);
+            let config = envoy_config::sidecar(&model, &lp.pod, &placement, &endpoints)?;
             if config != *lp.proxy.written.lock().expect("written lock") {
                 changed.push((&lp.proxy, config));
             }
         }
+        let endpoints = endpoints_for("istio-ingressgateway");
         let ingress = envoy_config::ingress_gateway(
             &model,
             &self.ingress_certs,
@@ -319,12 +373,36 @@ impl LocalMesh {
         for (proxy, config) in &changed {
             proxy.write_config(config, version)?;
         }
+        for proxy in self
+            .all_proxies()
+            .filter(|p| overlay.rejected.contains(&p.name))
+        {
+            proxy.write_rejected(version)?;
+        }
         for (proxy, config) in &changed {
+            if overlay.rejected.contains(&proxy.name) || proxy.exited().is_some() {
+                continue; // rejected on purpose, or a killed pod: it boots with these files
+            }
             wait_applied(proxy, version).await?;
             *proxy.written.lock().expect("written lock") = config.clone();
         }
         *self.model.lock().expect("model lock") = model;
         Ok(())
+    }
+
+    fn all_proxies(&self) -> impl Iterator<Item = &Proxy> {
+        self.pods
+            .iter()
+            .map(|p| &p.proxy)
+            .chain(std::iter::once(&self.ingress))
+    }
+
+    /// A pod's sidecar, or the ingress gateway.
+    fn proxy(&self, name: &str) -> Option<&Proxy> {
+        if name == "istio-ingressgateway" {
+            return Some(&self.ingress);
+        }
+        self.pod(name).map(|p| &p.proxy)
     }
 
     pub fn model(&self) -> MeshModel {
@@ -361,6 +439,7 @@ impl LocalMesh {
             run_dir: self.run.path.clone(),
             ca: self.ca_file.clone(),
             issuer_key: self.issuer_key.clone(),
+            control: self.run.path.join(control::CONTROL_SOCKET),
             ingress: IngressState {
                 http: port_of("HTTP"),
                 https: port_of("HTTPS"),
@@ -385,13 +464,12 @@ impl LocalMesh {
     }
 
     /// Kills every proxy now (also done on drop).
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        for p in &self.pods {
-            p.proxy.kill();
+        for p in self.all_proxies() {
+            p.kill();
         }
-        self.ingress.kill();
     }
 
     /// PIDs of the Envoy processes (for leak checks).

@@ -1,8 +1,9 @@
-//! One local Envoy: its bootstrap and filesystem-xDS files, its process, and the watch that
-//! notices when a proxy of a running mesh dies.
+//! One local Envoy: its bootstrap and filesystem-xDS files, its process (which a chaos fault may
+//! kill, freeze or replace), and the watch that notices when a proxy of a running mesh dies.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,13 +16,20 @@ use super::runtime::MeshThread;
 use crate::translate::EnvoyConfig;
 use crate::translate::bootstrap::{CDS_FILE, LDS_FILE, bootstrap};
 
+/// A proxy's process and whether its exit is expected (a chaos kill, not a crash).
+pub(crate) struct Process {
+    child: Mutex<Supervised>,
+    expected_exit: AtomicBool,
+}
+
 /// One running proxy.
 pub(crate) struct Proxy {
     pub name: String,
     /// The admin API's Unix socket.
     pub admin: PathBuf,
     pub dir: PathBuf,
-    process: Arc<Mutex<Supervised>>,
+    envoy: PathBuf,
+    process: Arc<Process>,
     /// Last config written, to skip proxies a change does not touch.
     pub written: Mutex<EnvoyConfig>,
 }
@@ -40,49 +48,60 @@ impl Proxy {
     ) -> Result<Proxy> {
         write_xds(dir, &config, 1)?;
         let admin = dir.join(ADMIN_SOCKET);
-        let boot = dir.join("bootstrap.json");
         std::fs::write(
-            &boot,
+            dir.join("bootstrap.json"),
             serde_json::to_vec_pretty(&bootstrap(node, cluster, &admin, dir))?,
         )
         .context("writing bootstrap")?;
-        let mut cmd = Command::new(envoy);
-        cmd.arg("-c")
-            .arg(&boot)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-                "--drain-time-s",
-                "1",
-            ])
-            .args(["--service-node", name]);
-        let (label, log) = (format!("envoy ({name})"), dir.join("envoy.log"));
-        let process = thread
-            .run(async move { Supervised::spawn(&label, cmd, &log) })
-            .await??;
+        let child = start(thread, envoy, name, dir).await?;
         Ok(Proxy {
             name: name.to_string(),
             admin,
             dir: dir.to_path_buf(),
-            process: Arc::new(Mutex::new(process)),
+            envoy: envoy.to_path_buf(),
+            process: Arc::new(Process {
+                child: Mutex::new(child),
+                expected_exit: AtomicBool::new(false),
+            }),
             written: Mutex::new(config),
         })
     }
 
+    /// Starts the proxy again from its bootstrap and the xDS files it last had (a replacement
+    /// pod with the same identity and address).
+    pub async fn respawn(&self, thread: &MeshThread) -> Result<()> {
+        let child = start(thread, &self.envoy, &self.name, &self.dir).await?;
+        let mut old = self.process.child.lock().expect("process lock");
+        old.kill();
+        *old = child;
+        self.process.expected_exit.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// The exit status, once the process has exited.
     pub fn exited(&self) -> Option<std::process::ExitStatus> {
-        self.process.lock().expect("process lock").exited()
+        self.process.child.lock().expect("process lock").exited()
     }
 
     pub fn kill(&self) {
-        self.process.lock().expect("process lock").kill();
+        self.process.child.lock().expect("process lock").kill();
+    }
+
+    /// Kills it as a fault would: the watch does not report it as a crash.
+    pub fn kill_expected(&self) {
+        self.process.expected_exit.store(true, Ordering::SeqCst);
+        self.kill();
+    }
+
+    /// Freezes (SIGSTOP) or resumes (SIGCONT) the proxy's process group.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
+        // SAFETY: our own child's process group.
+        unsafe { libc::kill(-(pid as i32), signal) };
     }
 
     pub fn pid(&self) -> u32 {
-        self.process.lock().expect("process lock").pid()
+        self.process.child.lock().expect("process lock").pid()
     }
 
     /// The last lines of its log, for error messages.
@@ -93,6 +112,45 @@ impl Proxy {
     pub fn write_config(&self, config: &EnvoyConfig, version: u64) -> Result<()> {
         write_xds(&self.dir, config, version)
     }
+
+    /// Writes a listener update Envoy must reject (an address that is not one): how a control
+    /// plane's bad push looks to the proxy.
+    pub fn write_rejected(&self, version: u64) -> Result<()> {
+        let bad = serde_json::json!({
+            "version_info": version.to_string(),
+            "resources": [{
+                "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+                "name": "meshtest-rejected-push",
+                "address": {"socket_address": {"address": "not-an-address", "port_value": 1}},
+                "filter_chains": [{"filters": []}],
+            }],
+        });
+        write_atomic(&self.dir.join(LDS_FILE), &serde_json::to_vec_pretty(&bad)?)
+    }
+
+    pub(crate) fn watched(&self) -> (String, Arc<Process>) {
+        (self.name.clone(), self.process.clone())
+    }
+}
+
+async fn start(thread: &MeshThread, envoy: &Path, name: &str, dir: &Path) -> Result<Supervised> {
+    let mut cmd = Command::new(envoy);
+    cmd.arg("-c")
+        .arg(dir.join("bootstrap.json"))
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+            "--drain-time-s",
+            "1",
+        ])
+        .args(["--service-node", name]);
+    let (label, log) = (format!("envoy ({name})"), dir.join("envoy.log"));
+    thread
+        .run(async move { Supervised::spawn(&label, cmd, &log) })
+        .await?
 }
 
 fn write_xds(dir: &Path, config: &EnvoyConfig, version: u64) -> Result<()> {
@@ -120,45 +178,42 @@ pub struct Death {
     pub status: String,
 }
 
-/// Watches every proxy of a mesh and reports (stderr, and `deaths`) each one that exits, until
-/// `stopping` is set (the mesh's own shutdown kills them all).
+/// Watches every proxy of a mesh and reports (stderr, and `deaths`) each one that exits when
+/// nobody meant it to, until `stopping` is set (the mesh's own shutdown kills them all). A
+/// replaced process is watched again.
 pub(crate) fn watch(
     thread: &MeshThread,
-    proxies: Vec<(String, Arc<Mutex<Supervised>>)>,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
+    proxies: Vec<(String, Arc<Process>)>,
+    stopping: Arc<AtomicBool>,
 ) -> Arc<Mutex<Vec<Death>>> {
     let deaths: Arc<Mutex<Vec<Death>>> = Arc::default();
     let seen = deaths.clone();
     thread.spawn(async move {
-        let mut reported = vec![false; proxies.len()];
+        let mut reported: Vec<Option<u32>> = vec![None; proxies.len()];
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             for (i, (name, process)) in proxies.iter().enumerate() {
-                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                if stopping.load(Ordering::SeqCst) {
                     return;
                 }
-                if reported[i] {
+                let (pid, status) = {
+                    let mut child = process.child.lock().expect("process lock");
+                    (child.pid(), child.exited())
+                };
+                let Some(status) = status else { continue };
+                if reported[i] == Some(pid) || process.expected_exit.load(Ordering::SeqCst) {
                     continue;
                 }
-                let status = process.lock().expect("process lock").exited();
-                if let Some(status) = status {
-                    reported[i] = true;
-                    eprintln!(
-                        "meshtest: the Envoy sidecar of {name} exited while the mesh runs ({status}); calls to it are refused, and steps that need it are UNCHECKED"
-                    );
-                    seen.lock().expect("deaths lock").push(Death {
-                        proxy: name.clone(),
-                        status: status.to_string(),
-                    });
-                }
+                reported[i] = Some(pid);
+                eprintln!(
+                    "meshtest: the Envoy sidecar of {name} exited while the mesh runs ({status}); calls to it are refused, and steps that need it are UNCHECKED"
+                );
+                seen.lock().expect("deaths lock").push(Death {
+                    proxy: name.clone(),
+                    status: status.to_string(),
+                });
             }
         }
     });
     deaths
-}
-
-impl Proxy {
-    pub(crate) fn watched(&self) -> (String, Arc<Mutex<Supervised>>) {
-        (self.name.clone(), self.process.clone())
-    }
 }

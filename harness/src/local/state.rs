@@ -18,6 +18,8 @@ pub struct State {
     pub ca: PathBuf,
     /// The test issuer's private key (in the 0700 run directory): `meshtest token` signs with it.
     pub issuer_key: PathBuf,
+    /// The mesh's control socket (live changes and chaos faults from other processes).
+    pub control: PathBuf,
     pub ingress: IngressState,
     pub pods: Vec<PodState>,
 }

@@ -10,9 +10,11 @@ use super::{Call, From, PodInfo, Target, Transport, split_port};
 use crate::agent::Fault;
 use crate::agent::control::{AgentStats, CallOrder};
 use crate::client::{self, Dial, Request};
+use crate::local::control::{ControlClient, InjectOrder};
 use crate::local::{LocalMesh, PodState, State, admin};
 use crate::manifest::Manifests;
 use crate::outcome::Outcome;
+use crate::target::injection::{ActiveInjection, Injection};
 use crate::tls;
 use crate::token::{Issuer, TokenSpec};
 
@@ -23,8 +25,10 @@ pub struct LocalTarget {
     state: State,
     ca_pem: String,
     issuer: Issuer,
-    /// Present when this process owns the mesh (tests, `meshtest run`).
+    /// Present when this process owns the mesh (tests, `meshtest run`); otherwise changes go
+    /// to the owner through its control socket.
     mesh: Option<LocalMesh>,
+    control: ControlClient,
     /// The manifests the mesh was started from.
     declared: Manifests,
 }
@@ -46,11 +50,15 @@ impl LocalTarget {
         let ca_pem = std::fs::read_to_string(&state.ca)
             .with_context(|| format!("reading the mesh CA {}", state.ca.display()))?;
         let issuer = Issuer::load(&state.issuer_key)?;
+        let control = ControlClient {
+            socket: state.control.clone(),
+        };
         Ok(LocalTarget {
             state,
             ca_pem,
             issuer,
             mesh,
+            control,
             declared,
         })
     }
@@ -289,9 +297,94 @@ impl Target for LocalTarget {
     async fn apply(&self, manifests: Manifests) -> Result<()> {
         match &self.mesh {
             Some(mesh) => mesh.apply(manifests).await,
+            None => self.control.apply(&manifests).await,
+        }
+    }
+
+    async fn inject(
+        &self,
+        id: &str,
+        owner: &str,
+        injection: &Injection,
+        lease: std::time::Duration,
+    ) -> Result<()> {
+        if let Injection::Workload { pod, fault } = injection {
+            // The agent keeps the lease: the fault ends even if this process dies.
+            let fault = fault.clone().owned(&format!("{owner}/{id}"), lease);
+            return self.set_fault(pod, fault).await;
+        }
+        match &self.mesh {
+            Some(mesh) => mesh.inject(id, owner, injection, lease).await,
             None => {
-                bail!("live changes need the mesh in this process (meshtest run starts its own)")
+                let order = InjectOrder {
+                    id: id.into(),
+                    owner: owner.into(),
+                    injection: injection.clone(),
+                    lease_ms: lease.as_millis() as u64,
+                };
+                self.control.inject(&order).await
             }
+        }
+    }
+
+    async fn revert_injection(&self, id: &str, owner: &str, injection: &Injection) -> Result<bool> {
+        if let Injection::Workload { pod, .. } = injection {
+            let path = format!("/fault?owner={owner}/{id}");
+            let o = self
+                .control_call(pod, "DELETE", &path, String::new())
+                .await?;
+            let v: serde_json::Value =
+                serde_json::from_str(o.body().unwrap_or_default()).context("the agent's answer")?;
+            return Ok(v["cleared"].as_bool().unwrap_or(false));
+        }
+        match &self.mesh {
+            Some(mesh) => mesh.revert(id).await,
+            None => self.control.revert(id).await,
+        }
+    }
+
+    async fn injections(&self) -> Result<Vec<ActiveInjection>> {
+        let mut out = match &self.mesh {
+            Some(mesh) => mesh.injections().await,
+            None => self.control.injections().await?,
+        };
+        for pod in &self.state.pods {
+            let Ok(o) = self
+                .control_call(&pod.name, "GET", "/fault", String::new())
+                .await
+            else {
+                continue; // a killed pod's agent: its fault died with it
+            };
+            let status: crate::agent::FaultStatus =
+                serde_json::from_str(o.body().unwrap_or_default()).context("the agent's fault")?;
+            if let Some((owner, id)) = status
+                .fault
+                .owner
+                .as_deref()
+                .and_then(|o| o.split_once('/'))
+            {
+                if !status.fault.is_active() {
+                    continue;
+                }
+                out.push(ActiveInjection {
+                    id: id.to_string(),
+                    owner: owner.to_string(),
+                    injection: Injection::Workload {
+                        pod: pod.name.clone(),
+                        fault: status.fault.clone(),
+                    },
+                    expires_in_ms: status.remaining_ms.unwrap_or(0),
+                    observed: status.hits,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn tick(&self) -> Result<()> {
+        match &self.mesh {
+            Some(mesh) => mesh.tick().await,
+            None => Ok(()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The one seam between "what to test" and "where the mesh runs": steps, load, chaos and
 //! reports call a `Target`; only its implementations know whether the mesh is local or in kube.
 
+pub mod injection;
 pub mod local;
 
 use std::time::Duration;
@@ -131,6 +132,34 @@ pub trait Target: Send + Sync {
 
     /// A JWT signed by the test issuer whose keys this mesh trusts (or, per `spec`, a broken one).
     async fn mint_token(&self, spec: &TokenSpec) -> Result<String>;
+
+    /// Injects a chaos fault as `id` of `owner`; it ends by itself after `lease`, enforced by
+    /// the target (not by the caller, who may die). Injecting an id again changes nothing.
+    async fn inject(
+        &self,
+        id: &str,
+        owner: &str,
+        injection: &injection::Injection,
+        lease: Duration,
+    ) -> Result<()>;
+
+    /// Reverts fault `id` (`injection` says where it lives); false when nothing of it was left
+    /// (reverted already, or expired): reverting twice is harmless.
+    async fn revert_injection(
+        &self,
+        id: &str,
+        owner: &str,
+        injection: &injection::Injection,
+    ) -> Result<bool>;
+
+    /// The chaos faults the target holds now, with how often traffic has met each.
+    async fn injections(&self) -> Result<Vec<injection::ActiveInjection>>;
+
+    /// Lets the target end expired faults and replace killed pods (a target whose faults live
+    /// in another process does nothing).
+    async fn tick(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Calls a proxy's Envoy admin API (`GET /stats`, `GET /clusters`, `POST /runtime_modify?k=v`):
     /// `proxy` is a pod name, or "istio-ingressgateway".
