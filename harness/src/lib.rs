@@ -1,6 +1,7 @@
 //! meshtest: prove a service mesh keeps its promises: conformance, load and chaos against a live mesh.
 
 pub mod agent;
+pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod conformance;

@@ -21,7 +21,7 @@ pub struct UpArgs {
 #[derive(clap::Args)]
 pub struct StateArgs {}
 
-fn state_file() -> PathBuf {
+pub(crate) fn state_file() -> PathBuf {
     super::state_dir().join("state.json")
 }
 
@@ -126,14 +126,14 @@ pub async fn up(a: UpArgs) -> Result<u8> {
 
 /// SIGTERM, SIGINT and SIGHUP handlers, installed before the mesh starts so that a Ctrl-C at
 /// any moment (even right after "ready") stops it cleanly instead of killing meshtest outright.
-struct StopSignals {
+pub(crate) struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
-    fn install() -> Result<StopSignals> {
+    pub(crate) fn install() -> Result<StopSignals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(StopSignals {
             term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
@@ -142,7 +142,7 @@ impl StopSignals {
         })
     }
 
-    async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

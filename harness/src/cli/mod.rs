@@ -1,6 +1,7 @@
 //! Command-line interface: raw flags here, validated and handed to the library.
 
 mod call;
+mod chaos;
 mod load;
 mod mesh;
 mod run;
@@ -43,6 +44,8 @@ enum Command {
     Report(load::ReportCommand),
     /// Make one HTTP call from a workload, from outside the mesh, or through the ingress.
     Call(call::CallArgs),
+    /// Run a chaos profile against the mesh under load (or: revert, list, note).
+    Chaos(Box<chaos::ChaosArgs>),
     /// Run the test workload (echo + control API) that every pod of the mesh runs.
     Agent(crate::agent::AgentArgs),
 }
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
                 Command::Token(a) => token::run(a),
                 Command::Call(a) => call::run(a).await,
                 Command::Run(a) => run::run(a).await,
+                Command::Chaos(a) => chaos::chaos(*a).await,
                 Command::Load(a) => load::load(*a).await,
                 Command::Report(c) => load::report(c),
                 Command::Agent(a) => {

@@ -28,6 +28,24 @@ pub fn policy(
     (effective_policy(top, sub), where_(Some(&rule.origin)))
 }
 
+/// The labels of `subset` of `service` as a DestinationRule declares them; None when none does
+/// (a route to it then gets 503 under Istio).
+pub fn subset(
+    model: &MeshModel,
+    service: &str,
+    subset: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let service = model.service(service)?;
+    model
+        .manifests
+        .destination_rules
+        .iter()
+        .filter(|r| model.resolve_host(&r.spec.host, r.namespace()) == Some(service))
+        .flat_map(|r| r.spec.subsets.iter())
+        .find(|s| s.name == subset)
+        .map(|s| s.labels.clone())
+}
+
 /// A connection pool as the cluster's circuit breakers will enforce it (None: unlimited).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {

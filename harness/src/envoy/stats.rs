@@ -16,6 +16,13 @@ pub fn parse_text(body: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The sum of every counter in a `/stats` body (histogram lines are skipped).
+pub fn sum_counters(body: &str) -> u64 {
+    body.lines()
+        .filter_map(|l| l.split_once(": ")?.1.trim().parse::<u64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -410,7 +410,7 @@ async fn rejected_updates(admin: &std::path::Path) -> u64 {
 }
 
 /// Is the process stopped (SIGSTOP)? State `T` in /proc/PID/stat.
-fn is_stopped(pid: u32) -> bool {
+pub(crate) fn is_stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

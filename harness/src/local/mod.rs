@@ -91,6 +91,8 @@ pub struct LocalMesh {
     ca_file: PathBuf,
     issuer_key: PathBuf,
     version: Mutex<u64>,
+    /// One push at a time: two interleaved pushes could leave a proxy the older config.
+    pushing: tokio::sync::Mutex<()>,
     deaths: Arc<Mutex<Vec<Death>>>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     owner: Owner,
@@ -244,6 +246,7 @@ impl LocalMesh {
             ca_file,
             issuer_key,
             version: Mutex::new(1),
+            pushing: tokio::sync::Mutex::new(()),
             deaths,
             stopping,
             owner: Owner::current(),
@@ -308,6 +311,7 @@ impl LocalMesh {
     /// Translates what the mesh declares, with the active faults overlaid (fetching any
     /// jwksUri not fetched before), and hands every changed proxy its new config.
     async fn push(&self) -> Result<()> {
+        let _one_at_a_time = self.pushing.lock().await;
         let declared = self.declared.lock().expect("declared lock").clone();
         let (manifests, overlay) = self.overlay(&declared);
         let mut model = MeshModel::build(manifests)?;
@@ -380,8 +384,13 @@ impl LocalMesh {
             proxy.write_rejected(version)?;
         }
         for (proxy, config) in &changed {
-            if overlay.rejected.contains(&proxy.name) || proxy.exited().is_some() {
-                continue; // rejected on purpose, or a killed pod: it boots with these files
+            if overlay.rejected.contains(&proxy.name)
+                || proxy.exited().is_some()
+                || faults::is_stopped(proxy.pid())
+            {
+                // Rejected on purpose, a killed pod (it boots with these files), or a paused
+                // one (it reads them when it resumes): nothing to wait for now.
+                continue;
             }
             wait_applied(proxy, version).await?;
             *proxy.written.lock().expect("written lock") = config.clone();

@@ -211,6 +211,12 @@ fn typed<S: DeserializeOwned>(origin: &Origin, doc: &str) -> Result<Resource<S>,
     })
 }
 
+/// Parses a YAML document that starts at `origin` (a profile, a manifest), turning YAML errors
+/// into file:line:field errors in the original file.
+pub fn parse_yaml<T: DeserializeOwned>(origin: &Origin, doc: &str) -> Result<T, InputError> {
+    parse(origin, doc)
+}
+
 /// Parses a document, turning YAML errors into file:line errors in the original file.
 fn parse<T: DeserializeOwned>(origin: &Origin, doc: &str) -> Result<T, InputError> {
     serde_saphyr::from_str::<T>(doc).map_err(|e| {

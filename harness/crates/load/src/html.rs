@@ -22,7 +22,8 @@ pub struct Series {
     pub dashed: bool,
 }
 
-fn esc(s: &str) -> String {
+/// HTML-escapes text.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -30,7 +31,7 @@ fn esc(s: &str) -> String {
 }
 
 /// A "nice" tick step (1, 2 or 5 times a power of ten) giving about 5 ticks.
-fn nice_step(max: f64) -> f64 {
+pub fn nice_step(max: f64) -> f64 {
     if max <= 0.0 {
         return 1.0;
     }
@@ -48,7 +49,7 @@ fn nice_step(max: f64) -> f64 {
     }
 }
 
-fn fmt_num(v: f64) -> String {
+pub fn fmt_num(v: f64) -> String {
     if v == 0.0 || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
@@ -61,6 +62,13 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// A shaded, labelled span of the x axis (a chaos fault's window).
+pub struct Band {
+    pub from: f64,
+    pub to: f64,
+    pub label: String,
+}
+
 /// One line chart. `x_ticks` are (position, label); the y axis is linear from 0.
 pub fn chart(
     id: &str,
@@ -70,6 +78,21 @@ pub fn chart(
     x_range: (f64, f64),
     x_ticks: &[(f64, String)],
     series: &[Series],
+) -> String {
+    chart_with_bands(id, title, x_label, y_label, x_range, x_ticks, series, &[])
+}
+
+/// [`chart`] with shaded spans of the x axis drawn under the lines.
+#[allow(clippy::too_many_arguments)]
+pub fn chart_with_bands(
+    id: &str,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    x_range: (f64, f64),
+    x_ticks: &[(f64, String)],
+    series: &[Series],
+    bands: &[Band],
 ) -> String {
     let y_data_max = series
         .iter()
@@ -121,6 +144,20 @@ pub fn chart(
             MT + ph,
             MT + ph + 18.0,
             esc(label)
+        );
+    }
+    for (i, b) in bands.iter().enumerate() {
+        let (b0, b1) = (sx(b.from.max(x0)), sx(b.to.min(x1)));
+        if b1 <= b0 {
+            continue;
+        }
+        let _ = write!(
+            s,
+            r##"<rect class="band" x="{b0:.1}" y="{MT}" width="{:.1}" height="{ph}" fill="#f4a582" fill-opacity="0.3"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"##,
+            b1 - b0,
+            b0 + 3.0,
+            MT + 12.0 + (i % 3) as f64 * 13.0,
+            esc(&b.label)
         );
     }
     let _ = write!(
