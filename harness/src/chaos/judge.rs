@@ -156,7 +156,8 @@ fn fault(
     run: &super::run::FaultRun,
 ) -> Vec<Judgement> {
     let step = &x.profile.method[f.index].value;
-    let mut hyps: Vec<String> = step.expect.iter().map(|e| e.value.describe()).collect();
+    let mut hyps = vec!["the fault reached the data plane, and was reverted".to_string()];
+    hyps.extend(step.expect.iter().map(|e| e.value.describe()));
     let unaffected: Vec<String> = routes
         .keys
         .iter()
@@ -200,7 +201,23 @@ fn fault(
         );
     }
     let window = |names: &[String]| traffic.window(from, to, names);
-    let mut out = Vec::new();
+    let mut out = vec![Judgement::new(
+        "the fault reached the data plane, and was reverted",
+        if run.reverted {
+            Verdict::Holds
+        } else {
+            Verdict::Broken
+        },
+        format!(
+            "{}; {}",
+            run.verification,
+            if run.reverted {
+                "reverted".to_string()
+            } else {
+                format!("NOT reverted: {}", run.errors.join("; "))
+            }
+        ),
+    )];
     let (mut subset_n, mut watcher_n) = (0, 0);
     for e in &step.expect {
         let j = match &e.value {

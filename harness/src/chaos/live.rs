@@ -16,8 +16,7 @@ pub fn line(
     start: Instant,
 ) -> String {
     let t = start.elapsed();
-    let done = traffic.complete_seconds();
-    let load = match done.checked_sub(1) {
+    let load = match traffic.last_complete() {
         Some(k) => {
             let w = traffic.window(k, k + 1, &[]);
             format!(

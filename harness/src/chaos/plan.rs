@@ -418,7 +418,7 @@ pub fn describe(plan: &Plan, profile: &Profile) -> String {
             "                   lease {} (kept by {}); verified within {} by {}",
             human(f.lease),
             keeper(f.kind),
-            human(step.verify_within.0),
+            human(step.verify_within()),
             verified_by(f.kind)
         );
         for e in &step.expect {

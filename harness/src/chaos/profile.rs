@@ -272,9 +272,10 @@ pub struct Step {
     /// route must keep it during the fault.
     #[serde(default)]
     pub affects: Vec<String>,
-    /// How long the fault may take to show in the data plane (else "fault not effective").
-    #[serde(default = "ten_seconds")]
-    pub verify_within: Dur,
+    /// How long the fault may take to show in the data plane (else "fault not effective");
+    /// default 10 s, or the fault's duration if shorter.
+    #[serde(default)]
+    pub verify_within: Option<Dur>,
     /// An observer's note, added to the timeline when the fault starts (game days).
     #[serde(default)]
     pub note: Option<String>,
@@ -284,8 +285,11 @@ fn zero() -> Dur {
     Dur(Duration::ZERO)
 }
 
-fn ten_seconds() -> Dur {
-    Dur(Duration::from_secs(10))
+impl Step {
+    pub fn verify_within(&self) -> Duration {
+        self.verify_within
+            .map_or(self.duration.0.min(Duration::from_secs(10)), |d| d.0)
+    }
 }
 
 /// Which pods a fault hits.

@@ -622,7 +622,7 @@ impl Core {
         });
         self.event("fault_applied", json!({"fault": f.id, "name": f.name, "kind": f.kind, "target": f.target(), "apply_ms": apply_ms}));
         self.pause(&format!("applied:{}", f.kind)).await;
-        let (target, fault, within) = (x.target.clone(), f.clone(), step.verify_within.0);
+        let (target, fault, within) = (x.target.clone(), f.clone(), step.verify_within());
         Ok(tokio::spawn(async move {
             let deadline = Instant::now() + within;
             while Instant::now() < deadline {
@@ -645,7 +645,7 @@ impl Core {
     ) -> Vec<tokio::task::JoinHandle<Judgement>> {
         let x = self.x.clone();
         let Some((when, evidence)) = done else {
-            let within = x.profile.method[f.index].value.verify_within.0;
+            let within = x.profile.method[f.index].value.verify_within();
             let msg = format!(
                 "fault not effective: the data plane did not show it within {} (checked: {})",
                 meshtest_load::duration::human(within),
@@ -820,10 +820,7 @@ impl Core {
             }
         }
         if let Some(limit) = a.error_rate_above {
-            let done = self.traffic.complete_seconds();
-            let Some(last) = done.checked_sub(1) else {
-                return None;
-            };
+            let last = self.traffic.last_complete()?;
             let w = self.traffic.window(last, last + 1, &[]);
             if w.error_rate().is_some_and(|r| r > limit.fraction()) {
                 let from = *self.high_error_from.get_or_insert(last);
@@ -885,7 +882,7 @@ impl Core {
         while back.is_none() && self.start.elapsed() < from + within + Duration::from_secs(1) {
             self.heartbeat().await;
             while back.is_none()
-                && self.traffic.complete_seconds() > k
+                && self.traffic.is_complete(k)
                 && Duration::from_secs(k) < from + within
             {
                 let w = self.traffic.window(k, k + 1, &[]);

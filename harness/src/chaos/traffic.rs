@@ -321,6 +321,23 @@ impl Traffic {
         n as u64
     }
 
+    /// Have all the requests sent in second `k` completed?
+    pub fn is_complete(&self, k: u64) -> bool {
+        let secs = self.seconds.lock().expect("seconds lock");
+        let i = k as usize;
+        i < secs.started.len() && secs.done.get(i).map_or(0, |d| d.len()) >= secs.started[i]
+    }
+
+    /// The latest second whose requests have all completed (earlier ones may still wait on
+    /// hung requests).
+    pub fn last_complete(&self) -> Option<u64> {
+        let secs = self.seconds.lock().expect("seconds lock");
+        (0..secs.started.len())
+            .rev()
+            .find(|&i| secs.done.get(i).map_or(0, |d| d.len()) >= secs.started[i])
+            .map(|i| i as u64)
+    }
+
     /// Requests sent in seconds `[from, to)` on `routes` (all when empty), merged.
     pub fn window(&self, from: u64, to: u64, routes: &[String]) -> Window {
         let secs = self.seconds.lock().expect("seconds lock");

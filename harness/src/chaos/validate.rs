@@ -231,7 +231,7 @@ fn step(cx: &Ctx, i: usize, spanned: &Spanned<Step>) -> Result<(), InputError> {
             "a fault lasts above 0 and at most 1h, and starts within 1h",
         );
     }
-    if s.verify_within.0.is_zero() || s.verify_within.0 > s.duration.0 {
+    if s.verify_within().is_zero() || s.verify_within() > s.duration.0 {
         return cx.err(
             line,
             &f("verify_within"),
