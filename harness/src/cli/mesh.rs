@@ -195,6 +195,28 @@ pub async fn status(_: StateArgs) -> Result<u8> {
             if live { "LIVE" } else { "DOWN" }
         );
     }
+    // What chaos has in force: a fault left by a killed run shows here until its lease ends.
+    use crate::target::Target;
+    match crate::target::local::LocalTarget::attach(state.clone()) {
+        Ok(t) => match t.injections().await {
+            Ok(list) if list.is_empty() => println!("chaos faults in force: none"),
+            Ok(list) => {
+                println!("chaos faults in force: {}", list.len());
+                for a in list {
+                    println!(
+                        "  {} {} ({}): {} left, met traffic {} times",
+                        a.owner,
+                        a.id,
+                        a.injection.describe(),
+                        meshtest_load::duration::human(Duration::from_millis(a.expires_in_ms)),
+                        a.observed
+                    );
+                }
+            }
+            Err(e) => println!("chaos faults in force: unknown ({e:#})"),
+        },
+        Err(e) => println!("chaos faults in force: unknown ({e:#})"),
+    }
     if !healthy {
         println!("meshtest: some proxies or agents are down: steps that need them are UNCHECKED");
     }
