@@ -14,12 +14,19 @@ pub struct LoadArgs {
 
     /// Open loop: send this many requests per second at fixed intended times
     /// (0.01 to 10000000).
-    #[arg(long, conflicts_with = "connections")]
+    #[arg(long)]
     pub rate: Option<f64>,
 
-    /// Closed loop: keep this many connections busy as fast as they go (1 to 100000).
+    /// Closed loop: keep this many connections busy as fast as they go. With
+    /// --rate: the most connections the open loop opens (default 512).
+    /// 1 to 100000.
     #[arg(long, short = 'c')]
     pub connections: Option<usize>,
+
+    /// Generator threads, each with its own connections and share of the
+    /// schedule (default: one per core this process may use; 1 to 1024).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
 
     /// How long to measure, e.g. 10s, 500ms, 2m (default 10s; at most 30 days).
     #[arg(long, short = 'd', conflicts_with = "requests")]
@@ -90,10 +97,16 @@ pub struct LoadArgs {
     #[arg(long)]
     pub no_progress: bool,
 
-    /// HTTP client: auto (hand-rolled HTTP/1.1 for the closed loop over
-    /// http://, hyper otherwise), hyper, or fast.
+    /// HTTP client: auto (hand-rolled HTTP/1.1 over http://, hyper
+    /// otherwise), hyper, or fast.
     #[arg(long, hide = true, default_value = "auto")]
     pub client: String,
+
+    /// Open loop: least time between two send rounds of a generator thread,
+    /// e.g. 200us (the default; 0s to 10ms). Requests due within it leave
+    /// together.
+    #[arg(long, hide = true)]
+    pub send_batch: Option<String>,
 }
 
 impl LoadArgs {
@@ -122,6 +135,8 @@ impl LoadArgs {
             name: "load".into(),
             no_progress: false,
             client: "auto".into(),
+            threads: None,
+            send_batch: None,
         }
     }
 }

@@ -13,7 +13,10 @@
 //!
 //! A BASE without a successful response is no baseline: the comparison cannot
 //! be made ([`Comparison::unchecked`], exit code 3), unless CUR has none either,
-//! which fails on its own.
+//! which fails on its own. Nor can it when either run's generator saturated
+//! (summary.json `saturation`): its latency and throughput were the
+//! generator's, so the p99, error-rate and throughput rules are UNCHECKED, as
+//! that run's thresholds were.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -146,6 +149,20 @@ fn change_pct(base: f64, cur: f64) -> f64 {
 /// Float slack at a limit's edge, so a value exactly at the limit passes.
 const EPS: f64 = 1e-9;
 
+/// "CUR's generator saturated at ~39000/s, so ..." when a run's generator saturated.
+fn saturated(base: &Summary, cur: &Summary) -> Option<String> {
+    let runs: Vec<String> = [("BASE", base), ("CUR", cur)]
+        .iter()
+        .filter_map(|(name, s)| s.saturation.message().map(|m| format!("{name}'s {m}")))
+        .collect();
+    (!runs.is_empty()).then(|| {
+        format!(
+            "{}, so its latency and throughput measure the generator, not the target",
+            runs.join(" and ")
+        )
+    })
+}
+
 /// Judges CUR against BASE with `gates`.
 pub fn compare(base: &Summary, cur: &Summary, gates: &Gates) -> Comparison {
     let mut t = String::new();
@@ -208,7 +225,7 @@ pub fn compare(base: &Summary, cur: &Summary, gates: &Gates) -> Comparison {
     } else if base.rate.achieved.is_nan() || base.rate.achieved <= 0.0 {
         Some("BASE has an achieved rate of 0, so it is no baseline".to_string())
     } else {
-        None
+        saturated(base, cur)
     };
     let judged = |ok: bool| no_base.is_none().then_some(ok);
 

@@ -1,20 +1,22 @@
-//! Runs a [`LoadPlan`]: open-loop scheduling or closed-loop connections.
+//! Runs a [`LoadPlan`] on its generator threads and merges what they measured.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use tokio::sync::Semaphore;
 
-use crate::client::{Conn, Connector, ErrorKind};
-use crate::error::{LoadError, Result};
-use crate::http1;
+use crate::client::Connector;
+use crate::error::Result;
+use crate::lane::{Lane, LaneOut, Shared, on_threads};
+use crate::open::LanePlan;
 use crate::plan::{LoadPlan, Mode, Stop};
 use crate::progress::Progress;
-use crate::record::{Recorder, body_version};
+use crate::record::{Recorder, new_histogram};
+use crate::saturation::{Saturation, Verdict};
 use crate::schedule::{Schedule, after};
+use crate::timeline::Timeline;
+use crate::{closed, http1, open};
 
 /// What a run measured. Histograms are in microseconds.
 #[derive(Debug, Clone)]
@@ -31,6 +33,15 @@ pub struct LoadResult {
     /// From the start of measurement to the last completion.
     pub elapsed: Duration,
     pub recorder: Recorder,
+    /// Generator threads the run used.
+    pub threads: usize,
+    /// Most connections open at once (summed over threads; HTTP/2: one per
+    /// thread carries all its requests).
+    pub connections_used: usize,
+    /// Whether the generator, not the target, held the open-loop schedule back.
+    pub saturation: Saturation,
+    /// Open loop: actual minus intended send time of every measured request, µs.
+    pub send_lag: Option<Histogram<u64>>,
 }
 
 impl LoadResult {
@@ -70,94 +81,13 @@ impl LoadResult {
     }
 }
 
-/// State shared by every request of one run.
-struct Ctx {
-    connector: Arc<Connector>,
-    /// The hand-rolled HTTP/1.1 client's target when the plan is eligible.
-    fast: Option<http1::Target>,
-    rec: Arc<Mutex<Recorder>>,
-    measure_start: Instant,
-    timeout: Duration,
-}
-
-impl Ctx {
-    /// One request on `conn`, (re)connecting first when needed; a failed
-    /// connection is dropped so the next request opens a fresh one.
-    async fn exchange(
-        &self,
-        conn: &mut Option<Conn>,
-        inline: bool,
-    ) -> Result<(u16, Bytes), ErrorKind> {
-        let attempt = async {
-            // A reused connection the server has closed is replaced without
-            // counting an error: no request was sent on it. A fresh one that is
-            // not ready is a real failure.
-            let mut reused = conn.as_ref().is_some_and(|c| !c.is_closed());
-            loop {
-                if !reused {
-                    // Boxed: the TLS connect future is large, and inlining it
-                    // would make every request's future (moved per request) as big.
-                    *conn = Some(Box::pin(self.connector.connect(inline)).await?);
-                }
-                let Some(c) = conn.as_mut() else {
-                    return Err(ErrorKind::Other);
-                };
-                if c.ready().await {
-                    return c.send(self.connector.request()).await;
-                }
-                if !reused {
-                    return Err(ErrorKind::Reset);
-                }
-                reused = false;
-            }
-        };
-        let res = tokio::time::timeout(self.timeout, attempt)
-            .await
-            .unwrap_or(Err(ErrorKind::Timeout));
-        if res.is_err() {
-            *conn = None;
-        }
-        res
-    }
-
-    /// Records the outcome of a request whose latency counts from `origin`.
-    /// Requests that began before measurement (warmup) are not recorded.
-    /// Returns the completion time.
-    fn record(&self, origin: Instant, res: &Result<(u16, Bytes), ErrorKind>) -> Instant {
-        match res {
-            Ok((status, body)) => self.record_parts(origin, Ok(*status), body),
-            Err(kind) => self.record_parts(origin, Err(*kind), &[]),
-        }
-    }
-
-    /// [`Ctx::record`] for a status (or error) and the response body.
-    fn record_parts(&self, origin: Instant, res: Result<u16, ErrorKind>, body: &[u8]) -> Instant {
-        let done = Instant::now();
-        if origin < self.measure_start {
-            return done;
-        }
-        let at = done - self.measure_start;
-        // Parse outside the lock; only the histogram updates are serialized.
-        let version = match res {
-            Ok(_) => body_version(body),
-            Err(_) => None,
-        };
-        let mut rec = self.rec.lock().expect("recorder lock");
-        match res {
-            Ok(status) => rec.response(at, done - origin, status, version.as_deref()),
-            Err(kind) => rec.error(at, kind),
-        }
-        done
-    }
-}
-
-/// Runs the plan to completion and returns what it measured. Spawns its tasks
-/// on the current tokio runtime (a current-thread runtime is the most
-/// efficient when the generator is pinned to one core).
+/// Runs the plan to completion and returns what it measured. The load runs
+/// on generator threads of its own (see [`LoadPlan::lanes`]), each with a
+/// current-thread tokio runtime, whatever runtime the caller uses.
 pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
     plan.validate()?;
     let connector = Connector::new(plan)?;
-    let rec = Arc::new(Mutex::new(Recorder::default()));
+    let threads = plan.lanes();
     let start = Instant::now();
     let wall_start = SystemTime::now();
     let schedule = match plan.mode {
@@ -165,37 +95,31 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
         Mode::Closed { .. } => None,
     };
     let measure_start = schedule.map_or(after(start, plan.warmup), |s| s.measure_start());
-    let ctx = Arc::new(Ctx {
+    let shared = Arc::new(Shared {
         connector,
         fast: http1::Target::for_plan(plan),
-        rec: rec.clone(),
         measure_start,
         timeout: plan.timeout,
+        timeline: Mutex::new(Timeline::default()),
     });
-    let progress = plan.progress.then(|| {
-        Progress::start(
-            rec.clone(),
-            match plan.mode {
-                Mode::Open { rate, .. } => Some(rate),
-                Mode::Closed { .. } => None,
-            },
-            measure_start,
-        )
-    });
-
-    match (plan.mode, schedule) {
-        (
-            Mode::Open {
-                max_connections, ..
-            },
-            Some(s),
-        ) => open_loop(ctx.clone(), s, max_connections.max(1)).await?,
-        (Mode::Closed { connections }, _) => closed_loop(ctx.clone(), connections, plan.stop).await,
-        (Mode::Open { .. }, None) => unreachable!("open mode always has a schedule"),
-    }
+    let lanes: Vec<Arc<Lane>> = (0..threads)
+        .map(|i| Arc::new(Lane::new(i, shared.clone())))
+        .collect();
+    let progress = plan
+        .progress
+        .then(|| Progress::start(lanes.clone(), asked(plan.mode), measure_start));
+    let outs = run_lanes(plan, &lanes, schedule).await;
     drop(progress);
+    let outs = outs?;
 
-    let recorder = rec.lock().expect("recorder lock").clone();
+    let mut recorder = Recorder::default();
+    let mut send_lag = new_histogram();
+    for lane in &lanes {
+        let r = lane.lock();
+        recorder.merge(&r.rec);
+        let _ = send_lag.add(&r.send_lag);
+    }
+    recorder.timeline = shared.timeline.lock().expect("timeline lock").clone();
     let planned = match plan.stop {
         Stop::Duration(d) => d,
         Stop::Requests(_) => Duration::ZERO,
@@ -208,6 +132,7 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
     } else {
         planned.max(span)
     };
+    let verdicts: Vec<Verdict> = outs.iter().map(|o| o.verdict).collect();
     Ok(LoadResult {
         url: plan.target.uri.to_string(),
         method: plan.method.to_string(),
@@ -219,146 +144,76 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
         warmup: plan.warmup,
         elapsed,
         recorder,
+        threads,
+        connections_used: outs.iter().map(|o| o.peak_connections).sum(),
+        saturation: Saturation::combine(
+            &verdicts,
+            asked(plan.mode).unwrap_or(0.0) / threads as f64,
+        ),
+        send_lag: schedule.map(|_| send_lag),
     })
 }
 
-/// `connections` workers, each with its own connection, back to back: the
-/// hand-rolled HTTP/1.1 client ([`http1`]) when the plan is eligible, hyper otherwise.
-async fn closed_loop(ctx: Arc<Ctx>, connections: usize, stop: Stop) {
-    let issued = Arc::new(AtomicU64::new(0));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..connections {
-        let ctx = ctx.clone();
-        let issued = issued.clone();
-        workers.spawn(async move {
-            let mut conn = None;
-            let mut fast = ctx.fast.as_ref().map(|_| http1::Worker::default());
-            let mut begin = Instant::now();
-            let end = match stop {
-                Stop::Duration(d) => after(ctx.measure_start, d),
-                Stop::Requests(_) => ctx.measure_start,
-            };
-            loop {
-                if begin >= ctx.measure_start {
-                    let more = match stop {
-                        Stop::Duration(_) => begin < end,
-                        Stop::Requests(n) => issued.fetch_add(1, Ordering::Relaxed) < n,
-                    };
-                    if !more {
-                        break;
-                    }
-                }
-                // The next request starts at the completion time: reuse it
-                // rather than read the clock again.
-                let res = match (&ctx.fast, &mut fast) {
-                    (Some(target), Some(w)) => {
-                        let res = w.exchange(target, begin).await;
-                        begin = ctx.record_parts(begin, res, w.body());
-                        res.map(|_| ())
-                    }
-                    _ => {
-                        let res = ctx.exchange(&mut conn, true).await;
-                        begin = ctx.record(begin, &res);
-                        res.map(|_| ())
-                    }
+fn asked(mode: Mode) -> Option<f64> {
+    match mode {
+        Mode::Open { rate, .. } => Some(rate),
+        Mode::Closed { .. } => None,
+    }
+}
+
+/// `total` split into `parts` shares as even as possible; share `i`.
+fn share(total: usize, parts: usize, i: usize) -> usize {
+    total / parts + usize::from(i < total % parts)
+}
+
+async fn run_lanes(
+    plan: &LoadPlan,
+    lanes: &[Arc<Lane>],
+    schedule: Option<Schedule>,
+) -> Result<Vec<LaneOut>> {
+    let n = lanes.len();
+    match (plan.mode, schedule) {
+        (
+            Mode::Open {
+                max_connections, ..
+            },
+            Some(schedule),
+        ) => {
+            let (batch, http2) = (plan.send_batch, plan.http2);
+            on_threads(lanes, move |lane| {
+                let lp = LanePlan {
+                    schedule,
+                    stride: n as u64,
+                    cap: share(max_connections, n, lane.index).max(1),
+                    batch,
+                    http2,
                 };
-                if res == Err(ErrorKind::Connect) {
-                    // Refused connects fail in microseconds; don't spin a core on them.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    begin = Instant::now();
-                }
-            }
-        });
-    }
-    while workers.join_next().await.is_some() {}
-}
-
-/// Idle connections for the open loop. HTTP/1.1 connections are lent to one
-/// request at a time; an HTTP/2 connection is shared by all.
-#[derive(Default)]
-struct Pool {
-    idle: Mutex<Vec<Conn>>,
-}
-
-impl Pool {
-    fn take(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().expect("pool lock");
-        while let Some(c) = idle.pop() {
-            if c.is_closed() {
-                continue;
-            }
-            if let Some(shared) = c.share() {
-                idle.push(c);
-                return Some(shared);
-            }
-            return Some(c);
+                open::run_lane(lane, lp)
+            })
+            .await
         }
-        None
-    }
-
-    fn give_back(&self, conn: Conn) {
-        if conn.is_closed() {
-            return;
+        (Mode::Closed { connections }, _) => {
+            let (stop, issued) = (plan.stop, Arc::new(AtomicU64::new(0)));
+            on_threads(lanes, move |lane| {
+                let c = share(connections, n, lane.index);
+                closed::run_lane(lane, c, stop, issued.clone())
+            })
+            .await
         }
-        let mut idle = self.idle.lock().expect("pool lock");
-        // One HTTP/2 connection is enough; extra handles are just dropped.
-        if conn.share().is_some() && !idle.is_empty() {
-            return;
-        }
-        idle.push(conn);
+        (Mode::Open { .. }, None) => unreachable!("open mode always has a schedule"),
     }
 }
 
-/// Sends each request at its intended time from a dedicated timer thread:
-/// `std::thread::sleep` has microsecond resolution where tokio's timer wheel
-/// rounds up to whole milliseconds, which would add up to 1 ms to every
-/// open-loop latency. At most `max_in_flight` requests run at once; when all are
-/// busy the schedule waits, and the wait shows up in latency because it is
-/// measured from the intended time.
-async fn open_loop(ctx: Arc<Ctx>, schedule: Schedule, max_in_flight: usize) -> Result<()> {
-    let permits = Arc::new(Semaphore::new(max_in_flight));
-    let pool = Arc::new(Pool::default());
-    let handle = tokio::runtime::Handle::current();
-    let sem = permits.clone();
-    let thread = std::thread::Builder::new()
-        .name("meshtest-load-schedule".into())
-        .spawn(move || {
-            for i in 0..schedule.total() {
-                let intended = schedule.at(i);
-                let now = Instant::now();
-                if intended > now {
-                    std::thread::sleep(intended - now);
-                }
-                let permit = match sem.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => match handle.block_on(sem.clone().acquire_owned()) {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                };
-                let conn = pool.take();
-                let ctx = ctx.clone();
-                let pool = pool.clone();
-                handle.spawn(async move {
-                    let mut conn = conn;
-                    let res = ctx.exchange(&mut conn, false).await;
-                    let _ = ctx.record(intended, &res);
-                    if let Some(c) = conn {
-                        pool.give_back(c);
-                    }
-                    drop(permit);
-                });
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shares_add_up() {
+        for total in [1, 7, 512, 1000] {
+            for parts in 1..=8.min(total) {
+                let s: Vec<usize> = (0..parts).map(|i| super::share(total, parts, i)).collect();
+                assert_eq!(s.iter().sum::<usize>(), total);
+                assert!(s.iter().max().unwrap() - s.iter().min().unwrap() <= 1);
             }
-        })
-        .map_err(|e| LoadError::io("spawning", "schedule thread", e))?;
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .map_err(|e| LoadError::Internal(format!("schedule thread: {e}")))?
-        .map_err(|_| LoadError::Internal("schedule thread panicked".into()))?;
-    // Every permit back means every request has completed.
-    let _all = permits
-        .acquire_many(max_in_flight as u32)
-        .await
-        .map_err(|e| LoadError::Internal(format!("waiting for requests: {e}")))?;
-    Ok(())
+        }
+    }
 }

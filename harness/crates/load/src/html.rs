@@ -403,11 +403,16 @@ pub fn render(
             .iter()
             .map(|t| {
                 format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>\n",
                     esc(&t.expression),
                     esc(&t.observed_text()),
                     esc(&t.limit_text()),
-                    t.verdict
+                    t.verdict,
+                    t.reason
+                        .as_ref()
+                        .filter(|_| t.observed.is_some())
+                        .map(|r| format!(" ({})", esc(r)))
+                        .unwrap_or_default()
                 )
             })
             .collect();
@@ -421,8 +426,8 @@ pub fn render(
 <style>body{{font-family:sans-serif;margin:24px;color:#222}}table{{border-collapse:collapse;margin:8px 0 16px}}td,th{{border:1px solid #ccc;padding:3px 10px;text-align:right}}td:first-child,th:first-child{{text-align:left}}svg{{display:block;margin:12px 0}}</style>
 </head><body>
 <h1>meshtest load: {name}</h1>
-<p>{mode} loop · {method} <code>{url}</code>{http2} · started {started} · measured {dur:.2} s · connections {conns}</p>
-<table><tr><th>rate asked (req/s)</th><th>rate achieved (req/s)</th><th>requests</th><th>ok</th><th>errors</th></tr>
+<p>{mode} loop · {method} <code>{url}</code>{http2} · started {started} · measured {dur:.2} s · connections {conns} ({used} used) · threads {threads}</p>
+{saturated}<table><tr><th>rate asked (req/s)</th><th>rate achieved (req/s)</th><th>requests</th><th>ok</th><th>errors</th></tr>
 <tr><td>{asked}</td><td>{achieved:.1}</td><td>{total}</td><td>{ok}</td><td>{errs}</td></tr></table>
 <table><tr><th>latency (ms)</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>
 {rows}</table>
@@ -441,6 +446,16 @@ pub fn render(
         started = esc(&s.started_at),
         dur = s.duration_s,
         conns = s.connections,
+        used = s.connections_used,
+        threads = s.threads,
+        saturated = s
+            .saturation
+            .message()
+            .map(|m| format!(
+                "<p><strong>{}: the latencies below are the generator's own queue, not the target's; every threshold is UNCHECKED.</strong></p>\n",
+                esc(&m)
+            ))
+            .unwrap_or_default(),
         achieved = s.rate.achieved,
         total = s.requests.total,
         ok = s.requests.ok,

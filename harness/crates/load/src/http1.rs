@@ -1,4 +1,4 @@
-//! Hand-rolled HTTP/1.1 client for the closed loop over plain TCP (pre-serialised request, httparse).
+//! Hand-rolled HTTP/1.1 client over plain TCP, both loops (pre-serialised request, httparse).
 //!
 //! One [`Worker`] per connection, driven by one task: write the request bytes,
 //! read into a reusable buffer, parse the head with `httparse`, skip or keep the
@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::client::{ErrorKind, classify_io};
-use crate::plan::{ClientChoice, LoadPlan, Mode};
+use crate::plan::{ClientChoice, LoadPlan};
 
 /// Initial read buffer per connection.
 const BUF_SIZE: usize = 16 * 1024;
@@ -40,12 +40,9 @@ pub struct Target {
     timeout: Duration,
 }
 
-/// Whether the plan can use the hand-rolled client: closed loop, http://, no --http2.
+/// Whether the plan can use the hand-rolled client: http://, no --http2.
 pub fn eligible(plan: &LoadPlan) -> bool {
-    matches!(plan.mode, Mode::Closed { .. })
-        && !plan.http2
-        && !plan.target.https
-        && plan.tls.is_none()
+    !plan.http2 && !plan.target.https && plan.tls.is_none()
 }
 
 impl Target {

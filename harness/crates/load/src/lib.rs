@@ -3,8 +3,10 @@
 //! `meshtest load` calls [`run_load`]; Gherkin steps build a [`LoadPlan`] and
 //! call [`run`] directly, then inspect the [`LoadResult`].
 
+pub mod channel;
 pub mod cli;
 pub mod client;
+pub mod closed;
 pub mod compare;
 pub mod duration;
 pub mod engine;
@@ -12,13 +14,19 @@ pub mod error;
 pub mod hgrm;
 pub mod html;
 pub mod http1;
+pub mod lane;
+pub mod open;
 pub mod plan;
 pub mod progress;
 pub mod record;
 pub mod report;
+pub mod saturation;
 pub mod schedule;
 pub mod summary;
+pub mod target;
 pub mod threshold;
+pub mod timeline;
+pub mod timer;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -45,7 +53,9 @@ pub struct Outcome {
 impl Outcome {
     /// Why the run failed, one reason a line; empty when it passed. A run fails
     /// when no request got a response at all, and when a `--threshold` failed
-    /// or could not be checked.
+    /// or could not be checked (every threshold of a run whose generator
+    /// saturated is unchecked). A saturated run without thresholds passes: it
+    /// judged nothing, and its summary says it saturated.
     pub fn failures(&self) -> Vec<String> {
         let s = &self.summary;
         let mut why = Vec::new();
@@ -134,6 +144,7 @@ fn print_summary(o: &Outcome) {
         s.requests.errors,
         s.rate.achieved
     );
+    println!("{}", generator_line(s));
     // What the errors were, so a 403 storm and a TLS failure do not read alike.
     let statuses: Vec<String> = s
         .status_counts
@@ -160,6 +171,14 @@ fn print_summary(o: &Outcome) {
     } else {
         println!("latency ms: none (no request got a response)");
     }
+    if let Some(msg) = s.saturation.message() {
+        println!(
+            "{msg}: for {:.1}s its schedule ran more than {} ms late while its threads were busy, \
+             so those latencies are the generator's own queue, not the target's; every threshold is UNCHECKED \
+             (use --threads or a lower --rate)",
+            s.saturation.saturated_s, s.saturation.lag_bound_ms
+        );
+    }
     for t in &s.thresholds {
         println!("{}", t.line());
     }
@@ -170,6 +189,35 @@ fn print_summary(o: &Outcome) {
     if o.passed() && !s.thresholds.is_empty() {
         println!("ok: all {} thresholds held", s.thresholds.len());
     }
+}
+
+/// "generator: 1 thread, 14 of 512 connections used, sends p99 0.21 ms late".
+fn generator_line(s: &Summary) -> String {
+    let threads = if s.threads == 1 {
+        "1 thread".to_string()
+    } else {
+        format!("{} threads", s.threads)
+    };
+    let pool = if s.mode == "open" {
+        format!(
+            "{} of {} connections used",
+            s.connections_used, s.connections
+        )
+    } else {
+        format!("{} connections", s.connections_used)
+    };
+    let lag = s
+        .saturation
+        .send_lag_ms
+        .as_ref()
+        .map(|l| {
+            format!(
+                ", sends late by p50 {:.3} / p99 {:.3} / max {:.3} ms",
+                l.p50, l.p99, l.max
+            )
+        })
+        .unwrap_or_default();
+    format!("generator: {threads}, {pool}{lag}")
 }
 
 /// `meshtest report compare BASE CUR`: prints the differences and the rules,

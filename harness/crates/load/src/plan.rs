@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, Method};
 
 use crate::cli::LoadArgs;
 use crate::duration::{self, human};
@@ -13,11 +13,20 @@ use crate::error::{LoadError, Result};
 use crate::threshold::{self, Threshold};
 use crate::tls;
 
+pub use crate::target::{Target, parse_header, parse_target};
+
 /// Default measured duration when neither --duration nor --requests is given.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
-/// Open loop opens connections on demand up to this many (HTTP/1.1 has one
-/// request in flight per connection, so this caps concurrency).
-pub const DEFAULT_MAX_OPEN_CONNECTIONS: usize = 1024;
+/// Open loop: the connection pool's least default cap (`--connections` with
+/// `--rate` sets another); see [`default_pool`].
+pub const DEFAULT_MAX_OPEN_CONNECTIONS: usize = 64;
+/// Open loop: least time between two dispatcher rounds on a generator thread
+/// (the hidden `--send-batch`). Requests due within it leave together.
+pub const DEFAULT_SEND_BATCH: Duration = Duration::from_micros(200);
+/// Longest `--send-batch`.
+pub const MAX_SEND_BATCH: Duration = Duration::from_millis(10);
+/// Most `--threads`.
+pub const MAX_THREADS: usize = 1024;
 
 /// Smallest --rate, requests per second (one request every 100 s).
 pub const MIN_RATE: f64 = 0.01;
@@ -66,17 +75,6 @@ pub enum Stop {
     Requests(u64),
 }
 
-/// Where requests go: parsed once, used for every connection.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub uri: Uri,
-    pub https: bool,
-    pub host: String,
-    pub port: u16,
-    /// "host:port" as sent in Host / :authority.
-    pub authority: String,
-}
-
 /// A fully validated load run. Build with [`LoadPlan::from_args`] or fill the
 /// fields directly (Gherkin steps).
 #[derive(Clone)]
@@ -99,6 +97,10 @@ pub struct LoadPlan {
     pub progress: bool,
     /// `--threshold` rules, judged by [`crate::run_load`] after the run.
     pub thresholds: Vec<Threshold>,
+    /// Generator threads asked for; None: one per core the process may use.
+    pub threads: Option<usize>,
+    /// Open loop: least time between two send rounds of a thread.
+    pub send_batch: Duration,
 }
 
 impl std::fmt::Debug for LoadPlan {
@@ -114,6 +116,8 @@ impl std::fmt::Debug for LoadPlan {
             .field("timeout", &self.timeout)
             .field("client", &self.client)
             .field("thresholds", &self.thresholds)
+            .field("threads", &self.threads)
+            .field("send_batch", &self.send_batch)
             .finish_non_exhaustive()
     }
 }
@@ -125,87 +129,6 @@ fn flag_duration(flag: &str, text: &str) -> Result<Duration> {
 fn read_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path)
         .map_err(|e| LoadError::input(format!("{flag} {}: cannot read: {e}", path.display())))
-}
-
-/// Parses "name: value" as given to -H.
-pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue)> {
-    let (name, value) = text
-        .split_once(':')
-        .ok_or_else(|| LoadError::input(format!("-H '{text}': expected 'name: value'")))?;
-    let name = HeaderName::from_bytes(name.trim().as_bytes())
-        .map_err(|_| LoadError::input(format!("-H '{text}': invalid header name")))?;
-    let value = HeaderValue::from_str(value.trim())
-        .map_err(|_| LoadError::input(format!("-H '{text}': invalid header value")))?;
-    Ok((name, value))
-}
-
-/// Parses and checks the target URL: http:// or https://, a host, and an
-/// explicit port (if any) from 1 to 65535.
-pub fn parse_target(url: &str) -> Result<Target> {
-    let bad = |why: &str| LoadError::input(format!("URL '{url}': {why}"));
-    let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
-    let https = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        Some(other) => return Err(bad(&format!("unsupported scheme '{other}'"))),
-        None => return Err(bad("missing scheme (http:// or https://)")),
-    };
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or_default();
-    if authority.contains('@') {
-        return Err(bad(
-            "user info in the URL is not supported (send credentials with -H 'authorization: ...')",
-        ));
-    }
-    let host = uri
-        .host()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("missing host"))?;
-    // `Uri::port_u16` is None for a port that is not a u16, which would
-    // silently mean the default port: check the text after the host.
-    let port = match authority.strip_prefix(host) {
-        Some("") => {
-            if https {
-                443
-            } else {
-                80
-            }
-        }
-        Some(p) => {
-            let digits = p.strip_prefix(':').unwrap_or(p);
-            digits
-                .parse::<u16>()
-                .ok()
-                .filter(|n| *n >= 1 && digits.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| bad(&format!("port '{digits}' is not a number from 1 to 65535")))?
-        }
-        None => return Err(bad("cannot tell the host from the port")),
-    };
-    // Strip IPv6 brackets for connecting; keep them in the authority.
-    let bare = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    // Always carry a path so HTTP/1 origin-form and HTTP/2 :path are valid.
-    let uri = if uri.path_and_query().is_none() {
-        Uri::builder()
-            .scheme(uri.scheme_str().unwrap_or("http"))
-            .authority(authority.as_str())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| bad(&format!("{e}")))?
-    } else {
-        uri
-    };
-    Ok(Target {
-        uri,
-        https,
-        host: bare,
-        port,
-        authority,
-    })
 }
 
 /// A number for an error message: plain, or in e-notation when huge or tiny
@@ -323,20 +246,52 @@ fn check_numbers(mode: Mode, stop: Stop, warmup: Duration, timeout: Duration) ->
     Ok(())
 }
 
+/// The open loop's default connection cap at `rate`: enough connections to
+/// carry the rate at 1 ms per response (one per 1,000/s), and at least 64 (as
+/// many as wrk2 is run with). Connections open on demand, so a fast target
+/// uses about rate x latency of them; the cap bites only when the target
+/// slows down, and then requests wait for a connection, which counts as
+/// latency (measured from the intended send time). A small pool of busy
+/// connections is also what the target serves best: against Envoy on one
+/// core, 512 connections at 30,000/s cost it so much more per request than 64
+/// that its queue, and the latency, grew by two orders of magnitude.
+pub fn default_pool(rate: f64) -> usize {
+    let per_ms = (rate / 1000.0).ceil();
+    if per_ms.is_finite() && per_ms > DEFAULT_MAX_OPEN_CONNECTIONS as f64 {
+        (per_ms as usize).min(MAX_CONNECTIONS)
+    } else {
+        DEFAULT_MAX_OPEN_CONNECTIONS
+    }
+}
+
+/// Checks `--threads` and `--send-batch`.
+fn check_generator(threads: Option<usize>, send_batch: Duration) -> Result<()> {
+    if let Some(t) = threads
+        && !(1..=MAX_THREADS).contains(&t)
+    {
+        return Err(LoadError::input(format!(
+            "--threads {t}: must be from 1 to {MAX_THREADS}"
+        )));
+    }
+    if send_batch > MAX_SEND_BATCH {
+        return Err(LoadError::input(format!(
+            "--send-batch {}: must be at most {}",
+            human(send_batch),
+            human(MAX_SEND_BATCH)
+        )));
+    }
+    Ok(())
+}
+
 impl LoadPlan {
     /// Validates raw flags. Every error is `LoadError::Input` naming the flag or file.
     pub fn from_args(args: &LoadArgs) -> Result<LoadPlan> {
         let target = parse_target(&args.url)?;
 
         let mode = match (args.rate, args.connections) {
-            (Some(_), Some(_)) => {
-                return Err(LoadError::input(
-                    "--rate and --connections conflict: --rate is open loop, --connections closed loop",
-                ));
-            }
-            (Some(rate), None) => Mode::Open {
+            (Some(rate), cap) => Mode::Open {
                 rate,
-                max_connections: DEFAULT_MAX_OPEN_CONNECTIONS,
+                max_connections: cap.unwrap_or_else(|| default_pool(rate)),
             },
             (None, Some(c)) => Mode::Closed { connections: c },
             (None, None) => Mode::Closed { connections: 1 },
@@ -359,6 +314,11 @@ impl LoadPlan {
         };
         let timeout = flag_duration("--timeout", &args.timeout)?;
         check_numbers(mode, stop, warmup, timeout)?;
+        let send_batch = match &args.send_batch {
+            Some(b) => flag_duration("--send-batch", b)?,
+            None => DEFAULT_SEND_BATCH,
+        };
+        check_generator(args.threads, send_batch)?;
 
         let thresholds = args
             .thresholds
@@ -435,10 +395,12 @@ impl LoadPlan {
             name: args.name.clone(),
             progress: !args.no_progress,
             thresholds,
+            threads: args.threads,
+            send_batch,
         };
         if client == ClientChoice::Fast && !crate::http1::eligible(&plan) {
             return Err(LoadError::input(
-                "--client fast: needs the closed loop over http:// without --http2",
+                "--client fast: needs http:// without --http2",
             ));
         }
         Ok(plan)
@@ -448,7 +410,33 @@ impl LoadPlan {
     /// timeout) against their ranges, as [`LoadPlan::from_args`] does; [`crate::run`]
     /// calls it so a plan filled in by hand cannot overflow the schedule either.
     pub fn validate(&self) -> Result<()> {
-        check_numbers(self.mode, self.stop, self.warmup, self.timeout)
+        check_numbers(self.mode, self.stop, self.warmup, self.timeout)?;
+        check_generator(self.threads, self.send_batch)
+    }
+
+    /// Generator threads the run uses: `threads` (default: every core the
+    /// process may run on), but no more than there are connections to give
+    /// each one (or, open loop, requests to send).
+    pub fn lanes(&self) -> usize {
+        let asked = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let most = match self.mode {
+            Mode::Open {
+                rate,
+                max_connections,
+            } => {
+                let s = crate::schedule::Schedule::new(
+                    std::time::Instant::now(),
+                    rate,
+                    self.warmup,
+                    self.stop,
+                );
+                max_connections.min(usize::try_from(s.total()).unwrap_or(usize::MAX))
+            }
+            Mode::Closed { connections } => connections,
+        };
+        asked.min(most).clamp(1, MAX_THREADS)
     }
 
     /// "open" or "closed", as written in summary.json.
@@ -489,9 +477,8 @@ mod tests {
         assert!(input_err(&args("ftp://x")).contains("URL"));
         assert!(input_err(&args("not a url")).contains("URL"));
         let mut a = args("http://h");
-        a.rate = Some(10.0);
-        a.connections = Some(2);
-        assert!(input_err(&a).contains("--rate"));
+        a.threads = Some(0);
+        assert!(input_err(&a).contains("--threads"));
         let mut a = args("http://h");
         a.duration = Some("ten".into());
         assert!(input_err(&a).contains("--duration"));
@@ -525,6 +512,10 @@ mod tests {
             ("--connections", |a| a.connections = Some(0)),
             ("--connections", |a| a.connections = Some(100_001)),
             ("--connections", |a| a.connections = Some(usize::MAX)),
+            ("--threads", |a| a.threads = Some(0)),
+            ("--threads", |a| a.threads = Some(MAX_THREADS + 1)),
+            ("--send-batch", |a| a.send_batch = Some("11ms".into())),
+            ("--send-batch", |a| a.send_batch = Some("fast".into())),
             ("--requests", |a| a.requests = Some(0)),
             ("--requests", |a| a.requests = Some(1_000_000_001)),
             ("--requests", |a| a.requests = Some(u64::MAX)),
@@ -557,6 +548,8 @@ mod tests {
             |a: &mut LoadArgs| a.duration = Some("720h".into()),
             |a: &mut LoadArgs| a.warmup = Some("24h".into()),
             |a: &mut LoadArgs| a.timeout = "1h".into(),
+            |a: &mut LoadArgs| a.threads = Some(MAX_THREADS),
+            |a: &mut LoadArgs| a.send_batch = Some("0s".into()),
         ] {
             let mut a = args("http://127.0.0.1:8080");
             set(&mut a);
@@ -651,30 +644,42 @@ mod tests {
     }
 
     #[test]
-    fn explicit_ports_must_be_real_ports() {
-        for bad in [
-            "http://127.0.0.1:99999/",
-            "http://127.0.0.1:65536/",
-            "http://127.0.0.1:0/",
-            "http://127.0.0.1:/",
-            "http://[::1]:70000/",
-            "https://h:123456789012345678901234567890/",
-        ] {
-            let e = match parse_target(bad) {
-                Err(LoadError::Input(m)) => m,
-                other => panic!("{bad}: {other:?}"),
-            };
-            assert!(e.starts_with(&format!("URL '{bad}': port")), "{e}");
-        }
-        let t = parse_target("http://127.0.0.1:65535").unwrap();
-        assert_eq!((t.port, t.authority.as_str()), (65535, "127.0.0.1:65535"));
-        let t = parse_target("http://127.0.0.1:00080/x").unwrap();
-        assert_eq!(t.port, 80);
-        let t = parse_target("https://[::1]:8443/").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", 8443));
-        assert_eq!(parse_target("https://[::1]/").unwrap().port, 443);
-        assert_eq!(parse_target("http://example.test").unwrap().port, 80);
-        assert!(input_err(&args("http://u:p@127.0.0.1/")).contains("user info"));
+    fn with_rate_connections_caps_the_pool_and_threads_follow_the_work() {
+        let mut a = args("http://127.0.0.1:8080");
+        a.rate = Some(100.0);
+        a.requests = Some(3);
+        let p = LoadPlan::from_args(&a).unwrap();
+        assert_eq!(
+            p.mode,
+            Mode::Open {
+                rate: 100.0,
+                max_connections: DEFAULT_MAX_OPEN_CONNECTIONS
+            }
+        );
+        assert_eq!(default_pool(65_000.0), 65);
+        assert_eq!(default_pool(1e7), 10_000);
+        assert_eq!(default_pool(f64::NAN), 64);
+        a.connections = Some(2);
+        a.threads = Some(8);
+        let p = LoadPlan::from_args(&a).unwrap();
+        assert_eq!(
+            p.mode,
+            Mode::Open {
+                rate: 100.0,
+                max_connections: 2
+            }
+        );
+        // Two connections: two threads at most (each needs one).
+        assert_eq!(p.lanes(), 2);
+        a.connections = None;
+        // Three requests: three threads at most.
+        assert_eq!(LoadPlan::from_args(&a).unwrap().lanes(), 3);
+        let mut c = args("http://127.0.0.1:8080");
+        c.connections = Some(5);
+        c.threads = Some(3);
+        assert_eq!(LoadPlan::from_args(&c).unwrap().lanes(), 3);
+        c.threads = Some(1);
+        assert_eq!(LoadPlan::from_args(&c).unwrap().lanes(), 1);
     }
 
     #[test]
@@ -687,12 +692,5 @@ mod tests {
         a.thresholds.push("p99<<1s".into());
         let e = input_err(&a);
         assert!(e.starts_with("--threshold 'p99<<1s': "), "{e}");
-    }
-
-    #[test]
-    fn headers_parse() {
-        let (n, v) = parse_header("Authorization:  Bearer abc ").unwrap();
-        assert_eq!(n, "authorization");
-        assert_eq!(v, "Bearer abc");
     }
 }

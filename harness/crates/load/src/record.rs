@@ -16,9 +16,8 @@ pub const HIST_SIGFIG: u8 = 3;
 /// further ones are pooled under [`OTHER_VERSION`] so memory stays bounded.
 pub const MAX_VERSIONS: usize = 32;
 pub const OTHER_VERSION: &str = "(other)";
-/// The timeline never holds more buckets than this; when a run outgrows it,
-/// adjacent buckets are merged and the bucket width doubles.
-pub const MAX_TIMELINE_BUCKETS: usize = 600;
+
+pub use crate::timeline::{Bucket, MAX_TIMELINE_BUCKETS, Timeline};
 
 /// A new empty latency histogram with the crate-wide bounds.
 pub fn new_histogram() -> Histogram<u64> {
@@ -70,137 +69,6 @@ impl ErrorCounts {
     }
 }
 
-/// One timeline bucket: completions during `[start_s, start_s + width_s)` of the
-/// measured period.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Bucket {
-    pub start_s: u64,
-    pub width_s: u64,
-    pub requests: u64,
-    pub errors: u64,
-    pub p50_us: u64,
-    /// For merged buckets this is the max of the parts' p99 (an upper bound).
-    pub p99_us: u64,
-    pub max_us: u64,
-}
-
-/// Per-second (or coarser, see [`MAX_TIMELINE_BUCKETS`]) throughput and latency.
-#[derive(Debug, Clone)]
-pub struct Timeline {
-    width_s: u64,
-    done: Vec<Bucket>,
-    open_index: u64,
-    open: Bucket,
-    open_hist: Histogram<u64>,
-}
-
-impl Default for Timeline {
-    fn default() -> Self {
-        Timeline {
-            width_s: 1,
-            done: Vec::new(),
-            open_index: 0,
-            open: Bucket {
-                width_s: 1,
-                ..Bucket::default()
-            },
-            open_hist: new_histogram(),
-        }
-    }
-}
-
-impl Timeline {
-    fn add(&mut self, at: Duration, latency_us: Option<u64>) {
-        let idx = at.as_secs() / self.width_s;
-        if idx != self.open_index {
-            self.roll(idx);
-        }
-        self.open.requests += 1;
-        match latency_us {
-            Some(us) => self.open_hist.saturating_record(us),
-            None => self.open.errors += 1,
-        }
-    }
-
-    /// Closes the open bucket and opens bucket `idx` (late completions with a
-    /// smaller index are folded into the open bucket; they are rare and bounded
-    /// by the timeout).
-    fn roll(&mut self, idx: u64) {
-        if idx < self.open_index {
-            return;
-        }
-        self.close_open();
-        // Empty seconds still appear, so throughput plots show gaps as zero.
-        while (self.done.len() as u64) < idx {
-            let start_s = self.done.len() as u64 * self.width_s;
-            self.done.push(Bucket {
-                start_s,
-                width_s: self.width_s,
-                ..Bucket::default()
-            });
-        }
-        while self.done.len() >= MAX_TIMELINE_BUCKETS {
-            self.halve();
-        }
-        self.open_index = self.done.len() as u64;
-        self.open = Bucket {
-            start_s: self.open_index * self.width_s,
-            width_s: self.width_s,
-            ..Bucket::default()
-        };
-    }
-
-    fn close_open(&mut self) {
-        let h = &self.open_hist;
-        if !h.is_empty() {
-            self.open.p50_us = h.value_at_quantile(0.5);
-            self.open.p99_us = h.value_at_quantile(0.99);
-            self.open.max_us = h.max();
-        }
-        self.open_hist.reset();
-        let idx = self.open_index as usize;
-        if idx < self.done.len() {
-            merge_into(&mut self.done[idx], &self.open);
-        } else {
-            self.done.push(self.open);
-        }
-    }
-
-    fn halve(&mut self) {
-        let old = std::mem::take(&mut self.done);
-        self.width_s *= 2;
-        for pair in old.chunks(2) {
-            let mut b = pair[0];
-            b.width_s = self.width_s;
-            if let Some(next) = pair.get(1) {
-                merge_into(&mut b, next);
-            }
-            self.done.push(b);
-        }
-    }
-
-    /// All buckets including the one still open.
-    pub fn buckets(&self) -> Vec<Bucket> {
-        let mut copy = self.clone();
-        if copy.open.requests > 0 {
-            copy.close_open();
-        }
-        copy.done
-    }
-
-    pub fn width_s(&self) -> u64 {
-        self.width_s
-    }
-}
-
-fn merge_into(dst: &mut Bucket, src: &Bucket) {
-    dst.requests += src.requests;
-    dst.errors += src.errors;
-    dst.p50_us = dst.p50_us.max(src.p50_us);
-    dst.p99_us = dst.p99_us.max(src.p99_us);
-    dst.max_us = dst.max_us.max(src.max_us);
-}
-
 /// Everything measured during a run. No per-request storage: memory depends
 /// only on the number of distinct status codes and versions (both capped).
 #[derive(Debug, Clone)]
@@ -247,45 +115,84 @@ impl Recorder {
         status: u16,
         version: Option<&str>,
     ) {
+        let us = self.count_response(done_at, latency, status, version);
+        self.timeline.add(done_at, Some(us));
+    }
+
+    /// Records one request that got no response.
+    pub fn error(&mut self, done_at: Duration, kind: ErrorKind) {
+        self.count_error(done_at, kind);
+        self.timeline.add(done_at, None);
+    }
+
+    /// [`Recorder::response`] without the timeline (a generator thread feeds
+    /// the run's timeline itself); returns the latency in µs.
+    pub(crate) fn count_response(
+        &mut self,
+        done_at: Duration,
+        latency: Duration,
+        status: u16,
+        version: Option<&str>,
+    ) -> u64 {
         // Plain record only: in open loop the latency already counts from the
         // intended send time, so record_correct would double-correct.
         let us = latency.as_micros().min(u64::MAX as u128) as u64;
         self.latency.saturating_record(us);
         self.by_class[class_index(status)].saturating_record(us);
         if let Some(v) = version {
-            let hist = if self.by_version.contains_key(v) {
-                self.by_version.get_mut(v)
-            } else if self.by_version.len() < MAX_VERSIONS {
-                Some(
-                    self.by_version
-                        .entry(v.to_string())
-                        .or_insert_with(new_histogram),
-                )
-            } else {
-                Some(
-                    self.by_version
-                        .entry(OTHER_VERSION.to_string())
-                        .or_insert_with(new_histogram),
-                )
-            };
-            if let Some(h) = hist {
-                h.saturating_record(us);
-            }
+            self.version_histogram(v).saturating_record(us);
         }
         *self.status.entry(status).or_insert(0) += 1;
         self.responses += 1;
         if status < 400 {
             self.ok += 1;
         }
-        self.timeline.add(done_at, Some(us));
+        self.last_done = self.last_done.max(done_at);
+        us
+    }
+
+    /// [`Recorder::error`] without the timeline.
+    pub(crate) fn count_error(&mut self, done_at: Duration, kind: ErrorKind) {
+        self.errors.add(kind, 1);
         self.last_done = self.last_done.max(done_at);
     }
 
-    /// Records one request that got no response.
-    pub fn error(&mut self, done_at: Duration, kind: ErrorKind) {
-        self.errors.add(kind, 1);
-        self.timeline.add(done_at, None);
-        self.last_done = self.last_done.max(done_at);
+    /// The histogram of version `v`: its own while fewer than
+    /// [`MAX_VERSIONS`] exist, else the shared [`OTHER_VERSION`] one.
+    fn version_histogram(&mut self, v: &str) -> &mut Histogram<u64> {
+        let key = if self.by_version.contains_key(v) || self.by_version.len() < MAX_VERSIONS {
+            v
+        } else {
+            OTHER_VERSION
+        };
+        if !self.by_version.contains_key(key) {
+            self.by_version.insert(key.to_string(), new_histogram());
+        }
+        self.by_version.get_mut(key).expect("inserted above")
+    }
+
+    /// Adds another recorder's counts and histograms (all but the timeline,
+    /// which generator threads merge as they go). Histograms with the same
+    /// bounds add exactly: the merged percentiles are those of all samples.
+    pub fn merge(&mut self, other: &Recorder) {
+        let _ = self.latency.add(&other.latency);
+        for (mine, theirs) in self.by_class.iter_mut().zip(&other.by_class) {
+            let _ = mine.add(theirs);
+        }
+        let mut versions: Vec<_> = other.by_version.iter().collect();
+        versions.sort_by(|a, b| a.0.cmp(b.0));
+        for (v, h) in versions {
+            let _ = self.version_histogram(v).add(h);
+        }
+        for (status, n) in &other.status {
+            *self.status.entry(*status).or_insert(0) += n;
+        }
+        for kind in ErrorKind::ALL {
+            self.errors.add(kind, other.errors.get(kind));
+        }
+        self.ok += other.ok;
+        self.responses += other.responses;
+        self.last_done = self.last_done.max(other.last_done);
     }
 
     /// Requests that completed (responses + transport errors).
@@ -351,6 +258,40 @@ mod tests {
     }
 
     #[test]
+    fn merged_recorders_equal_one_recorder() {
+        let (mut one, mut a, mut b) = (
+            Recorder::default(),
+            Recorder::default(),
+            Recorder::default(),
+        );
+        for i in 0..1000u64 {
+            let at = Duration::from_millis(i);
+            let lat = Duration::from_micros(50 + i * i % 7919);
+            let status = if i % 10 == 0 { 503 } else { 200 };
+            let v = format!("v{}", i % 3);
+            one.response(at, lat, status, Some(&v));
+            let part = if i % 2 == 0 { &mut a } else { &mut b };
+            part.count_response(at, lat, status, Some(&v));
+        }
+        one.error(Duration::from_secs(2), ErrorKind::Timeout);
+        b.count_error(Duration::from_secs(2), ErrorKind::Timeout);
+        a.merge(&b);
+        assert_eq!(a.latency, one.latency);
+        assert_eq!(a.by_class, one.by_class);
+        assert_eq!(a.by_version, one.by_version);
+        assert_eq!(a.status, one.status);
+        assert_eq!(
+            (a.ok, a.responses, a.total()),
+            (one.ok, one.responses, one.total())
+        );
+        assert_eq!(a.last_done, one.last_done);
+        assert_eq!(
+            a.latency.value_at_quantile(0.99),
+            one.latency.value_at_quantile(0.99)
+        );
+    }
+
+    #[test]
     fn versions_are_capped() {
         let mut r = Recorder::default();
         for i in 0..(MAX_VERSIONS + 10) {
@@ -363,33 +304,5 @@ mod tests {
         }
         assert_eq!(r.by_version.len(), MAX_VERSIONS + 1);
         assert_eq!(r.by_version[OTHER_VERSION].len(), 10);
-    }
-
-    #[test]
-    fn timeline_is_per_second_and_bounded() {
-        let mut t = Timeline::default();
-        for s in 0..5u64 {
-            for _ in 0..=s {
-                t.add(
-                    Duration::from_secs(s) + Duration::from_millis(5),
-                    Some(1000 * (s + 1)),
-                );
-            }
-        }
-        let b = t.buckets();
-        assert_eq!(b.len(), 5);
-        assert_eq!(b[3].requests, 4);
-        assert_eq!(b[3].start_s, 3);
-        assert_eq!(t.width_s(), 1);
-
-        let mut t = Timeline::default();
-        let hours = 3 * 3600u64;
-        for s in (0..hours).step_by(7) {
-            t.add(Duration::from_secs(s), Some(10));
-        }
-        let b = t.buckets();
-        assert!(b.len() <= MAX_TIMELINE_BUCKETS, "{} buckets", b.len());
-        assert!(t.width_s() > 1);
-        assert_eq!(b.iter().map(|b| b.requests).sum::<u64>(), hours.div_ceil(7));
     }
 }

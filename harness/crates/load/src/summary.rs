@@ -14,8 +14,10 @@ use crate::plan::Mode;
 use crate::record::CLASS_NAMES;
 use crate::threshold::ThresholdOut;
 
-/// 2: adds `thresholds`. Version 1 files (no `thresholds`) still load.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 2 added `thresholds`; 3 adds `threads`, `connections_used`, `saturation`
+/// and the thresholds' `reason`. Version 1 and 2 files still load (the new
+/// fields take their defaults: one thread, nothing saturated).
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
@@ -28,8 +30,14 @@ pub struct Summary {
     /// "open" (fixed rate) or "closed" (fixed connections).
     pub mode: String,
     pub http2: bool,
-    /// Closed loop: the connection count; open loop: the in-flight cap.
+    /// Closed loop: the connection count; open loop: the connection pool's cap.
     pub connections: u64,
+    /// Most connections open at once (HTTP/2: one per generator thread).
+    #[serde(default)]
+    pub connections_used: u64,
+    /// Generator threads.
+    #[serde(default = "one")]
+    pub threads: u64,
     pub tenant: Option<String>,
     pub tier: Option<String>,
     /// RFC 3339 UTC time measurement began.
@@ -50,9 +58,70 @@ pub struct Summary {
     /// Latency per upstream "version" found in JSON response bodies.
     pub versions: BTreeMap<String, Group>,
     pub timeline: TimelineOut,
+    /// Whether the generator kept the open-loop schedule.
+    #[serde(default)]
+    pub saturation: SaturationOut,
     /// `--threshold` rules and how they came out, in the order given.
     #[serde(default)]
     pub thresholds: Vec<ThresholdOut>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Whether the generator, not the target, held the open-loop schedule back
+/// (see [`crate::saturation`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SaturationOut {
+    /// True when a generator thread was busy and its schedule more than
+    /// `lag_bound_ms` late, and not catching up, for a stretch of windows.
+    pub saturated: bool,
+    /// About how many requests per second the generator managed while
+    /// saturated; null when not saturated.
+    pub rate: Option<f64>,
+    /// Seconds a generator thread spent saturated.
+    pub saturated_s: f64,
+    /// How late the schedule may be before it counts as behind.
+    pub lag_bound_ms: f64,
+    /// Open loop: actual minus intended send time of the measured requests;
+    /// null in closed loop.
+    pub send_lag_ms: Option<Lag>,
+}
+
+/// Send lag percentiles, milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Lag {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl SaturationOut {
+    fn from_result(r: &LoadResult) -> SaturationOut {
+        let ms = |us: u64| us as f64 / 1000.0;
+        SaturationOut {
+            saturated: r.saturation.saturated,
+            rate: r.saturation.rate.map(|x| x.round()),
+            saturated_s: round3(r.saturation.saturated_s),
+            lag_bound_ms: ms(crate::saturation::LAG_BOUND.as_micros() as u64),
+            send_lag_ms: r.send_lag.as_ref().map(|h| Lag {
+                p50: ms(h.value_at_quantile(0.5)),
+                p99: ms(h.value_at_quantile(0.99)),
+                max: ms(h.max()),
+            }),
+        }
+    }
+
+    /// "generator saturated at ~38000/s" when saturated.
+    pub fn message(&self) -> Option<String> {
+        crate::saturation::Saturation {
+            saturated: self.saturated,
+            rate: self.rate,
+            saturated_s: self.saturated_s,
+        }
+        .message()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -207,6 +276,8 @@ impl Summary {
             mode: r.mode_name().into(),
             http2: r.http2,
             connections,
+            connections_used: r.connections_used as u64,
+            threads: r.threads as u64,
             tenant: r.tenant.clone(),
             tier: r.tier.clone(),
             started_at: crate::report::rfc3339(r.started_at),
@@ -239,6 +310,7 @@ impl Summary {
                 bucket_s: rec.timeline.width_s(),
                 buckets,
             },
+            saturation: SaturationOut::from_result(r),
             thresholds: Vec::new(),
         }
     }

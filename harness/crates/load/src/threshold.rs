@@ -13,6 +13,9 @@
 //! A rule that has nothing to measure (a latency rule when no request got a
 //! response, an error rule when no request completed) is *unchecked*, and an
 //! unchecked rule fails the run like a broken one: it never passes vacuously.
+//! Every rule of a run whose generator saturated (see [`crate::saturation`])
+//! is unchecked too: what it measured was the generator's own queue, so it
+//! says nothing about the target either way.
 
 use std::fmt;
 
@@ -231,7 +234,8 @@ pub fn parse(expr: &str) -> Result<Threshold, String> {
 pub enum Verdict {
     Ok,
     Failed,
-    /// Nothing to measure (e.g. a latency rule when nothing answered); fails the run.
+    /// Nothing to measure (e.g. a latency rule when nothing answered), or the
+    /// generator saturated; fails the run.
     Unchecked,
 }
 
@@ -262,16 +266,28 @@ pub struct ThresholdOut {
     /// True only when the rule held (`verdict` "ok").
     pub passed: bool,
     pub verdict: Verdict,
+    /// Why the verdict is unchecked; null otherwise.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl Threshold {
     /// Judges the rule against a run's summary.
     pub fn evaluate(&self, s: &Summary) -> ThresholdOut {
         let observed = self.metric.observe(s);
-        let verdict = match observed {
-            None => Verdict::Unchecked,
-            Some(o) if self.op.holds(o, self.limit) => Verdict::Ok,
-            Some(_) => Verdict::Failed,
+        let saturated = s.saturation.message();
+        let (verdict, reason) = match (observed, saturated) {
+            (None, _) => (
+                Verdict::Unchecked,
+                Some(if self.metric.is_latency() {
+                    "no request got a response".to_string()
+                } else {
+                    "no request completed".to_string()
+                }),
+            ),
+            (Some(_), Some(why)) => (Verdict::Unchecked, Some(why)),
+            (Some(o), None) if self.op.holds(o, self.limit) => (Verdict::Ok, None),
+            (Some(_), None) => (Verdict::Failed, None),
         };
         ThresholdOut {
             expression: self.expression.clone(),
@@ -282,6 +298,7 @@ impl Threshold {
             observed,
             passed: verdict == Verdict::Ok,
             verdict,
+            reason,
         }
     }
 }
@@ -311,10 +328,15 @@ impl ThresholdOut {
     }
 
     /// One line for stdout, e.g.
-    /// `threshold p99<500ms: p99 12.345 ms (limit < 500.000 ms): ok`.
+    /// `threshold p99<500ms: p99 12.345 ms (limit < 500.000 ms): ok`, or
+    /// `...: UNCHECKED (generator saturated at ~39000/s)`.
     pub fn line(&self) -> String {
+        let why = match (&self.reason, self.observed) {
+            (Some(r), Some(_)) => format!(" ({r})"),
+            _ => String::new(),
+        };
         format!(
-            "threshold {}: {} {} (limit {}): {}",
+            "threshold {}: {} {} (limit {}): {}{why}",
             self.expression,
             self.metric,
             self.observed_text(),

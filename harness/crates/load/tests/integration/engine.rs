@@ -171,7 +171,7 @@ async fn warmup_is_not_measured_and_duration_bounds_the_run() {
         p.mode,
         Mode::Open {
             rate: 200.0,
-            max_connections: 1024
+            max_connections: meshtest_load::plan::DEFAULT_MAX_OPEN_CONNECTIONS
         }
     );
     assert_eq!(p.stop, Stop::Duration(Duration::from_millis(500)));
@@ -219,4 +219,61 @@ async fn waiting_for_a_free_connection_counts_as_latency() {
     let max = ms(Duration::from_micros(r.latency().max()));
     assert!(max >= 250.0, "max {max} ms");
     assert!(r.achieved_rate() < 60.0, "achieved {}", r.achieved_rate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_split_the_schedule_and_merge_exactly() {
+    let srv = server::start(Behaviour::default()).await;
+    for threads in [1, 3] {
+        let p = plan(&srv.url("/versions"), |a| {
+            a.rate = Some(1000.0);
+            a.requests = Some(300);
+            a.threads = Some(threads);
+        });
+        let r = run(&p).await.unwrap();
+        assert_eq!(r.threads, threads);
+        // Every scheduled request once: counts, histograms and timeline agree.
+        assert_eq!(r.recorder.total(), 300);
+        assert_eq!(r.recorder.latency.len(), 300);
+        assert_eq!(r.recorder.status[&200], 300);
+        let v: u64 = r.recorder.by_version.values().map(|h| h.len()).sum();
+        assert_eq!(v, 300);
+        let buckets = r.recorder.timeline.buckets();
+        assert_eq!(buckets.iter().map(|b| b.requests).sum::<u64>(), 300);
+        assert_eq!(r.send_lag.as_ref().unwrap().len(), 300);
+        assert!(r.connections_used >= threads && r.connections_used <= 64);
+        assert!(!r.saturation.saturated);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_threads_share_connections_and_requests() {
+    let srv = server::start(Behaviour::default()).await;
+    let p = plan(&srv.url("/"), |a| {
+        a.connections = Some(5);
+        a.requests = Some(200);
+        a.threads = Some(2);
+    });
+    let r = run(&p).await.unwrap();
+    assert_eq!((r.threads, r.connections_used), (2, 5));
+    assert_eq!(r.recorder.total(), 200);
+    assert!(r.send_lag.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generator_that_cannot_keep_up_says_so() {
+    // A million requests per second on one generator thread (a debug build,
+    // at that) is out of reach on any machine, while the canned-response
+    // server answers at once: the schedule falls behind on a busy thread.
+    let addr = server::start_raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+    let p = plan(&format!("http://{addr}/"), |a| {
+        a.rate = Some(1_000_000.0);
+        a.requests = Some(120_000);
+        a.threads = Some(1);
+    });
+    let r = run(&p).await.unwrap();
+    assert_eq!(r.recorder.total(), 120_000);
+    assert!(r.saturation.saturated, "{:?}", r.saturation);
+    let rate = r.saturation.rate.unwrap();
+    assert!(rate > 0.0 && rate < 1_000_000.0, "{rate}");
 }

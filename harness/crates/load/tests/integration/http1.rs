@@ -145,11 +145,11 @@ async fn errors_are_classified() {
 }
 
 #[test]
-fn fast_client_needs_closed_loop_over_http() {
+fn fast_client_needs_http_without_http2() {
     let mut a = LoadArgs::for_url("http://127.0.0.1:1/");
     a.client = "fast".into();
     a.rate = Some(10.0);
-    assert!(matches!(LoadPlan::from_args(&a), Err(LoadError::Input(_))));
+    assert!(http1::Target::for_plan(&LoadPlan::from_args(&a).unwrap()).is_some());
     a.rate = None;
     a.http2 = true;
     assert!(matches!(LoadPlan::from_args(&a), Err(LoadError::Input(_))));

@@ -50,7 +50,13 @@ async fn summary_matches_schema_in_both_modes() {
     .await;
     let errs = validate(&schema(), &open);
     assert!(errs.is_empty(), "{errs:#?}");
-    assert_eq!(open["schema_version"], 2);
+    assert_eq!(open["schema_version"], 3);
+    assert!(open["threads"].as_u64().unwrap() >= 1);
+    let used = open["connections_used"].as_u64().unwrap();
+    assert!(used >= 1 && used <= open["connections"].as_u64().unwrap());
+    assert_eq!(open["saturation"]["saturated"], false);
+    assert_eq!(open["saturation"]["rate"], Value::Null);
+    assert!(open["saturation"]["send_lag_ms"]["p99"].as_f64().unwrap() >= 0.0);
     let t = open["thresholds"].as_array().unwrap();
     assert_eq!(t.len(), 3);
     assert_eq!(t[0]["expression"], "p99<10s");
@@ -84,6 +90,8 @@ async fn summary_matches_schema_in_both_modes() {
     let errs = validate(&schema(), &closed);
     assert!(errs.is_empty(), "{errs:#?}");
     assert_eq!(closed["rate"]["asked"], Value::Null);
+    assert_eq!(closed["connections_used"], 2);
+    assert_eq!(closed["saturation"]["send_lag_ms"], Value::Null);
     assert_eq!(closed["thresholds"], serde_json::json!([]));
     assert_eq!(closed["requests"]["http_errors"], 50);
     assert_eq!(closed["status_counts"]["404"], 50);
@@ -429,18 +437,83 @@ fn compare_flags_are_range_checked() {
 #[test]
 fn compare_reads_version_1_summaries_and_refuses_newer_ones() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut v1 = example();
+    let mut v2 = example();
+    v2["schema_version"] = 2.into();
+    for field in ["threads", "connections_used", "saturation"] {
+        v2.as_object_mut().unwrap().remove(field);
+    }
+    for t in v2["thresholds"].as_array_mut().unwrap() {
+        t.as_object_mut().unwrap().remove("reason");
+    }
+    let mut v1 = v2.clone();
     v1["schema_version"] = 1.into();
     v1.as_object_mut().unwrap().remove("thresholds");
     let v1 = write(&tmp.path().join("v1"), &v1);
-    let v2 = write(&tmp.path().join("v2"), &example());
+    let v2 = write(&tmp.path().join("v2"), &v2);
+    let v3 = write(&tmp.path().join("v3"), &example());
     assert!(!run_compare(CompareArgs::new(&v1, &v2)).unwrap());
-    let mut v3 = example();
-    v3["schema_version"] = 3.into();
-    let v3 = write(&tmp.path().join("v3"), &v3);
-    let e = run_compare(CompareArgs::new(&v1, &v3)).unwrap_err();
+    assert!(!run_compare(CompareArgs::new(&v2, &v3)).unwrap());
+    let old = meshtest_load::compare::load_summary(&v2).unwrap();
+    assert_eq!((old.threads, old.saturation.saturated), (1, false));
+    let mut v4 = example();
+    v4["schema_version"] = 4.into();
+    let v4 = write(&tmp.path().join("v4"), &v4);
+    let e = run_compare(CompareArgs::new(&v1, &v4)).unwrap_err();
     assert!(
-        e.is_input() && e.to_string().contains("schema_version 3"),
+        e.is_input() && e.to_string().contains("schema_version 4"),
         "{e}"
     );
+}
+
+#[test]
+fn a_saturated_generator_leaves_every_threshold_unchecked() {
+    let mut v = example();
+    v["saturation"]["saturated"] = true.into();
+    v["saturation"]["rate"] = 38_950.0.into();
+    v["saturation"]["saturated_s"] = 6.5.into();
+    let s: meshtest_load::Summary = serde_json::from_value(v).unwrap();
+    for expr in ["p99<50ms", "p99>1us", "errors<1%", "rps>=1"] {
+        let t = meshtest_load::threshold::parse(expr).unwrap().evaluate(&s);
+        assert_eq!(t.verdict, meshtest_load::Verdict::Unchecked, "{expr}");
+        assert!(!t.passed);
+        // What was measured stays visible; the reason says why it does not count.
+        assert!(t.observed.is_some());
+        assert_eq!(
+            t.reason.as_deref(),
+            Some("generator saturated at ~39000/s"),
+            "{expr}"
+        );
+    }
+    let t = meshtest_load::threshold::parse("p99<50ms")
+        .unwrap()
+        .evaluate(&s);
+    assert_eq!(
+        t.line(),
+        "threshold p99<50ms: p99 10.783 ms (limit < 50.000 ms): UNCHECKED (generator saturated at ~39000/s)"
+    );
+    let mut out = serde_json::to_value(&s).unwrap();
+    out["thresholds"] = serde_json::to_value([t]).unwrap();
+    let errs = validate(&schema(), &out);
+    assert!(errs.is_empty(), "{errs:#?}");
+}
+
+#[test]
+fn compare_leaves_a_saturated_run_unchecked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = write(&tmp.path().join("base"), &example());
+    let mut v = example();
+    v["saturation"]["saturated"] = true.into();
+    v["saturation"]["rate"] = 38_950.0.into();
+    v["latency_ms"]["p99"] = 5000.0.into();
+    let cur = write(&tmp.path().join("cur"), &v);
+    let c = judge_pair(&base, &cur);
+    assert!(!c.regressed, "{}", c.table);
+    let why = c.unchecked.unwrap();
+    assert!(
+        why.starts_with("CUR's generator saturated at ~39000/s"),
+        "{why}"
+    );
+    assert!(c.rules[1..].iter().all(|r| r.passed.is_none()));
+    let e = run_compare(CompareArgs::new(&base, &cur)).unwrap_err();
+    assert!(e.is_unchecked(), "{e}");
 }
