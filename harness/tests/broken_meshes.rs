@@ -201,6 +201,8 @@ fn edge_route(
 
 const DELAY_100: &str = "    fault:\n      delay:\n        percentage:\n          value: 100\n        fixedDelay: 1500ms\n    route:";
 
+const AUTH_RETRIES_40: &str = "---\napiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: auth-service\n  namespace: pyairtable\nspec:\n  hosts:\n  - auth-service.pyairtable.svc.cluster.local\n  http:\n  - route:\n    - destination:\n        host: auth-service.pyairtable.svc.cluster.local\n    retries:\n      attempts: 40\n      retryOn: connect-failure,refused-stream\n";
+
 macro_rules! breaks {
     ($($test:ident: $b:expr;)*) => {
         $(#[test] fn $test() { assert_breaks(&$b); })*
@@ -572,6 +574,46 @@ breaks! {
         feature: "latency.feature",
         slow: false,
         scenarios: &["The edge answers within the SLO", "The API answers within the SLO across two mTLS hops"],
+    };
+    no_retries: Break {
+        what: "no route retries (attempts 0 at the edge and on airtable-gateway)",
+        file: "traffic.yaml",
+        edit: |t| t.replace("      attempts: 3\n", "      attempts: 0\n"),
+        feature: "resilience.feature",
+        slow: false,
+        scenarios: &["Retries hide a replica that fails every request, and outlier detection ejects it"],
+    };
+    no_airtable_outlier_detection: Break {
+        what: "airtable-gateway's DestinationRule has no outlier detection",
+        file: "traffic.yaml",
+        edit: |t| in_doc(&t, "DestinationRule", "airtable-gateway", |d| strip_block(&d, "    outlierDetection:")),
+        feature: "resilience.feature",
+        slow: false,
+        scenarios: &["Retries hide a replica that fails every request, and outlier detection ejects it"],
+    };
+    stable_subset_takes_the_canary: Break {
+        what: "api-gateway's stable subset selects every version (the canary pod too)",
+        file: "traffic.yaml",
+        edit: |t| in_doc(&t, "DestinationRule", "api-gateway", |d| d.replace("  - name: stable\n    labels:\n      version: v1\n", "  - name: stable\n    labels:\n      app: api-gateway\n")),
+        feature: "resilience.feature",
+        slow: false,
+        scenarios: &["A failing canary costs at most its declared weight, and stable traffic nothing"],
+    };
+    llm_edge_timeout_300ms: Break {
+        what: "the edge's LLM route times out after 300 ms",
+        file: "traffic.yaml",
+        edit: |t| edge_route("llm", "timeout: 120s", "timeout: 300ms")(t),
+        feature: "resilience.feature",
+        slow: false,
+        scenarios: &["Latency between api-gateway and llm-orchestrator stays within the LLM route"],
+    };
+    auth_retried_40_times: Break {
+        what: "calls to auth-service retry connect failures 40 times (and its retry budget allows it)",
+        file: "traffic.yaml",
+        edit: |t| format!("{}{AUTH_RETRIES_40}", in_doc(&t, "DestinationRule", "auth-service", |d| d.replace("maxRetries: 3", "maxRetries: 1000"))),
+        feature: "resilience.feature",
+        slow: false,
+        scenarios: &["The auth API fails fast while auth-service is down"],
     };
     slow_canary: Break {
         what: "the canary opt-in route delays every request 1.5 s",

@@ -405,87 +405,126 @@ pub async fn watch_ejection(
         .map(|p| (p.name.clone(), p.address()))
         .collect();
     let fqdn = svc.fqdn();
-    let mut base: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut ejected_at: BTreeMap<(String, String), Duration> = BTreeMap::new();
-    let mut last: BTreeMap<(String, String), HostView> = BTreeMap::new();
+    let mut watch = Watch::default();
     loop {
         for c in &callers {
             for (name, addr) in &targets {
                 let key = (c.clone(), name.clone());
-                if ejected_at.contains_key(&key) {
+                if watch.ejected_at.contains_key(&key) || watch.excluded.contains_key(&key) {
                     continue;
                 }
                 if let Some(v) = observe::host_view(target, c, &fqdn, addr).await {
-                    base.entry(key.clone()).or_insert(v.requests);
-                    if v.ejected {
-                        ejected_at.insert(key.clone(), started.elapsed());
-                    }
-                    last.insert(key, v);
+                    watch.see(key, v, started.elapsed(), declared.value.as_ref());
                 }
             }
         }
-        let due: Vec<&(String, String)> = last
-            .iter()
-            .filter(|(k, v)| v.requests.saturating_sub(base[*k]) >= u64::from(threshold))
-            .map(|(k, _)| k)
-            .collect();
-        let all_due_ejected = !due.is_empty() && due.iter().all(|k| ejected_at.contains_key(*k));
-        if all_due_ejected && due.len() == last.len() || started.elapsed() >= within {
-            return ejection_verdict(hyp, &last, &base, &ejected_at, threshold, within, &at);
+        if watch.settled(threshold) || started.elapsed() >= within {
+            return watch.verdict(hyp, threshold, within, &at);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn ejection_verdict(
-    hyp: String,
-    last: &BTreeMap<(String, String), HostView>,
-    base: &BTreeMap<(String, String), u64>,
-    ejected_at: &BTreeMap<(String, String), Duration>,
-    threshold: u32,
-    within: Duration,
-    at: &str,
-) -> Judgement {
-    let mut lines = Vec::new();
-    let mut verdict = Verdict::Holds;
-    let mut judged = 0;
-    for (k, v) in last {
-        let sent = v.requests.saturating_sub(base[k]);
-        match ejected_at.get(k) {
-            Some(t) => {
-                judged += 1;
-                lines.push(format!(
-                    "{} ejected {} after {:.1} s",
-                    k.0,
-                    k.1,
-                    t.as_secs_f64()
-                ));
+/// What an ejection watch has seen, per (proxy, pod).
+#[derive(Default)]
+struct Watch {
+    base: BTreeMap<(String, String), u64>,
+    ejected_at: BTreeMap<(String, String), Duration>,
+    last: BTreeMap<(String, String), HostView>,
+    /// Pairs that cannot be judged, and why (ejected before the watch, or the proxy already
+    /// ejects as many hosts as the declared maximum allows).
+    excluded: BTreeMap<(String, String), String>,
+}
+
+impl Watch {
+    fn see(
+        &mut self,
+        key: (String, String),
+        v: HostView,
+        at: Duration,
+        declared: Option<&crate::declared::traffic::Outlier>,
+    ) {
+        if !self.base.contains_key(&key) {
+            let full = declared.is_some_and(|o| v.others_ejected >= o.max_ejected(v.hosts));
+            if v.ejected {
+                self.excluded
+                    .insert(key, "was already ejected when the watch began".into());
+                return;
             }
-            None if sent >= u64::from(threshold) => {
-                judged += 1;
-                verdict = Verdict::Broken;
-                lines.push(format!(
-                    "{} sent {} {sent} requests and did not eject it within {}",
-                    k.0,
-                    k.1,
-                    meshtest_load::duration::human(within)
-                ));
+            if full {
+                let why = format!(
+                    "already ejects {} of {} hosts, as many as the declared maxEjectionPercent allows",
+                    v.others_ejected, v.hosts
+                );
+                self.excluded.insert(key, why);
+                return;
             }
-            None => lines.push(format!(
-                "{} sent {} only {sent} requests (the threshold is {threshold}): not judged",
-                k.0, k.1
-            )),
+            self.base.insert(key.clone(), v.requests);
         }
+        if v.ejected {
+            self.ejected_at.insert(key.clone(), at);
+        }
+        self.last.insert(key, v);
     }
-    if judged == 0 {
-        verdict = Verdict::Unchecked;
+
+    /// Every pair that has been sent enough to be due has ejected, and every pair is due.
+    fn settled(&self, threshold: u32) -> bool {
+        let due: Vec<&(String, String)> = self
+            .last
+            .iter()
+            .filter(|(k, v)| v.requests.saturating_sub(self.base[*k]) >= u64::from(threshold))
+            .map(|(k, _)| k)
+            .collect();
+        !due.is_empty()
+            && due.len() == self.last.len()
+            && due.iter().all(|k| self.ejected_at.contains_key(*k))
     }
-    Judgement::new(
-        hyp,
-        verdict,
-        format!(
-            "consecutive-error threshold {threshold} ({at}); {}",
-            lines.join("; ")
-        ),
-    )
+
+    fn verdict(&self, hyp: String, threshold: u32, within: Duration, at: &str) -> Judgement {
+        let mut lines = Vec::new();
+        let mut verdict = Verdict::Holds;
+        let mut judged = 0;
+        for (k, v) in &self.last {
+            let sent = v.requests.saturating_sub(self.base[k]);
+            match self.ejected_at.get(k) {
+                Some(t) => {
+                    judged += 1;
+                    lines.push(format!(
+                        "{} ejected {} after {:.1} s",
+                        k.0,
+                        k.1,
+                        t.as_secs_f64()
+                    ));
+                }
+                None if sent >= u64::from(threshold) => {
+                    judged += 1;
+                    verdict = Verdict::Broken;
+                    lines.push(format!(
+                        "{} sent {} {sent} requests and did not eject it within {}",
+                        k.0,
+                        k.1,
+                        meshtest_load::duration::human(within)
+                    ));
+                }
+                None => lines.push(format!(
+                    "{} sent {} only {sent} requests (the threshold is {threshold}): not judged",
+                    k.0, k.1
+                )),
+            }
+        }
+        for (k, why) in &self.excluded {
+            lines.push(format!("{} {} {why}: not judged", k.0, k.1));
+        }
+        if judged == 0 {
+            verdict = Verdict::Unchecked;
+        }
+        Judgement::new(
+            hyp,
+            verdict,
+            format!(
+                "consecutive-error threshold {threshold} ({at}); {}",
+                lines.join("; ")
+            ),
+        )
+    }
 }

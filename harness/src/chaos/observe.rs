@@ -99,6 +99,9 @@ pub struct HostView {
     /// Requests the proxy has sent to it (all clusters of its service).
     pub requests: u64,
     pub listed: bool,
+    /// The service's hosts the proxy lists, and how many of the others it ejects now.
+    pub hosts: u32,
+    pub others_ejected: u32,
 }
 
 /// How `proxy` sees `address` in the clusters of `fqdn`.
@@ -113,19 +116,34 @@ pub async fn host_view(
         .ok()?
         .ok()?;
     let mut view = HostView::default();
-    let needle = format!("|{fqdn}::{address}::");
+    let mut hosts = std::collections::BTreeMap::<String, bool>::new();
+    let marker = format!("|{fqdn}::");
     for line in body.lines() {
-        let Some(i) = line.find(&needle) else {
+        let Some(i) = line.find(&marker) else {
             continue;
         };
+        let rest = &line[i + marker.len()..];
+        let Some((host, stat)) = rest.split_once("::") else {
+            continue;
+        };
+        if !host.contains(':') {
+            continue;
+        }
+        let ejected = stat
+            .strip_prefix("health_flags::")
+            .is_some_and(crate::envoy::clusters::is_ejected);
+        *hosts.entry(host.to_string()).or_default() |= ejected;
+        if host != address {
+            continue;
+        }
         view.listed = true;
-        let rest = &line[i + needle.len()..];
-        if let Some(flags) = rest.strip_prefix("health_flags::") {
-            view.ejected |= crate::envoy::clusters::is_ejected(flags);
-        } else if let Some(n) = rest.strip_prefix("rq_total::") {
+        view.ejected |= ejected;
+        if let Some(n) = stat.strip_prefix("rq_total::") {
             view.requests += n.trim().parse::<u64>().unwrap_or(0);
         }
     }
+    view.hosts = hosts.len() as u32;
+    view.others_ejected = hosts.iter().filter(|(h, e)| **e && *h != address).count() as u32;
     Some(view)
 }
 

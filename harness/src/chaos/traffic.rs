@@ -80,6 +80,13 @@ impl Default for Window {
 }
 
 impl Window {
+    /// Everything one load run recorded.
+    pub fn of(rec: &meshtest_load::record::Recorder) -> Window {
+        let mut w = Window::default();
+        w.add(&Slice::of(rec));
+        w
+    }
+
     fn add(&mut self, s: &Slice) {
         self.requests += s.requests;
         self.failures += s.failures;

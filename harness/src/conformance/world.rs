@@ -67,7 +67,17 @@ pub struct MeshWorld {
     pub fault_sample: Option<super::steps::FaultSample>,
     /// The last statistical sample for a weighted split: (route share, n, alpha, power, shift).
     pub split: Option<Split>,
+    /// Chaos faults the scenario injected (id, what), owned by `chaos_owner`.
+    pub chaos: Vec<(String, crate::target::injection::Injection)>,
+    /// "chaos-scenario-PID-N": unique per scenario, and found by `meshtest chaos revert`
+    /// should the run die before its after-hook.
+    pub chaos_owner: String,
+    /// Load running in the background while Then steps watch the mesh.
+    pub chaos_load: Option<tokio::task::JoinHandle<Result<meshtest_load::LoadResult, String>>>,
+    pub chaos_load_path: Option<String>,
 }
+
+static SCENARIOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How a split sample was sized.
 #[derive(Debug, Clone)]
@@ -148,6 +158,14 @@ impl MeshWorld {
             asked_load: 0,
             fault_sample: None,
             split: None,
+            chaos: vec![],
+            chaos_owner: format!(
+                "chaos-scenario-{}-{}",
+                std::process::id(),
+                SCENARIOS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            chaos_load: None,
+            chaos_load_path: None,
         })
     }
 
@@ -195,6 +213,18 @@ impl MeshWorld {
         // Held requests end once their fault is lifted below; nobody waits for them any more.
         for h in std::mem::take(&mut self.in_flight) {
             h.abort();
+        }
+        if let Some(h) = self.chaos_load.take() {
+            h.abort();
+        }
+        for (id, injection) in std::mem::take(&mut self.chaos).into_iter().rev() {
+            if let Err(e) = self
+                .target
+                .revert_injection(&id, &self.chaos_owner, &injection)
+                .await
+            {
+                problems.push(format!("reverting {}: {e:#}", injection.describe()));
+            }
         }
         for pod in std::mem::take(&mut self.faulted_pods) {
             if let Err(e) = self.target.set_fault(&pod, Default::default()).await {

@@ -107,7 +107,8 @@ impl LocalMesh {
                     }
                 }
                 for target in to {
-                    let ip = self.free_fault_proxy_ip()?;
+                    let taken: Vec<IpAddr> = active.proxies.iter().map(|p| p.ip).collect();
+                    let ip = self.free_fault_proxy_ip(&taken)?;
                     let lp = self.pod(target).expect("checked");
                     let upstreams: Vec<(u16, SocketAddr)> = lp
                         .pod
@@ -296,7 +297,9 @@ impl LocalMesh {
         Ok(())
     }
 
-    fn free_fault_proxy_ip(&self) -> Result<IpAddr> {
+    /// An address for a fault proxy: none of the active faults' proxies, nor `taken` (those
+    /// of the fault being built).
+    fn free_fault_proxy_ip(&self, taken: &[IpAddr]) -> Result<IpAddr> {
         let board = self.board.lock().expect("board lock");
         let used: HashSet<IpAddr> = board
             .active
@@ -305,7 +308,7 @@ impl LocalMesh {
             .collect();
         (1..=250u8)
             .map(|n| IpAddr::V4(self.block.fault_proxy_ip(n)))
-            .find(|ip| !used.contains(ip))
+            .find(|ip| !used.contains(ip) && !taken.contains(ip))
             .ok_or_else(|| anyhow!("no free address for another fault proxy"))
     }
 

@@ -10,6 +10,7 @@ mod latency;
 mod mtls;
 mod outlier;
 mod rate_limit;
+mod resilience;
 mod routes;
 
 pub use fault_injection::FaultSample;
