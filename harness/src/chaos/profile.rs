@@ -566,7 +566,13 @@ pub fn load(file: &Path, model: &MeshModel) -> Result<Profile, InputError> {
         file: file.to_path_buf(),
         line: 1,
     };
-    let mut profile: Profile = parse_yaml(&origin, &text)?;
+    let mut profile: Profile = parse_yaml(&origin, &text).map_err(|mut e| {
+        // The manifest parser's wording is about translation; a profile field is just unknown.
+        if let Some(rest) = e.message.split(" (unknown field").nth(1) {
+            e.message = format!("unknown field{}", rest.trim_end_matches(')'));
+        }
+        e
+    })?;
     profile.file = file.to_path_buf();
     super::validate::profile(&profile, model)?;
     Ok(profile)

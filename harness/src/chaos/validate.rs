@@ -13,6 +13,40 @@ use crate::error::InputError;
 use crate::model::MeshModel;
 use crate::token::Tier;
 
+/// Why a fault may not do what its author expects (the plan prints them; the run journals
+/// them in its timeline).
+pub fn warnings(p: &Profile, model: &MeshModel) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, step) in p.method.iter().enumerate() {
+        let FaultSpec::RouteFault(r) = &step.value.fault else {
+            continue;
+        };
+        let Some(vs) = model
+            .manifests
+            .virtual_services
+            .iter()
+            .find(|v| v.name() == r.virtual_service)
+        else {
+            continue;
+        };
+        let Some(route) = routes::named_route(model, vs, &r.route) else {
+            continue;
+        };
+        let http = &vs.spec.http[route.index];
+        if http.timeout.is_some() || http.retries.is_some() {
+            out.push(format!(
+                "method[{i}] ({}): route {} of {} declares {}{}; Istio's VirtualService reference says timeouts and retries are not enabled on a route with fault injection, so while this fault is in force the route may lose them (meshtest's local mesh keeps them, as Istio's route translation does)",
+                step.value.name,
+                route.name,
+                r.virtual_service,
+                http.timeout.as_deref().map_or(String::new(), |t| format!("a {t} timeout")),
+                if http.retries.is_some() { format!("{}{}", if http.timeout.is_some() { " and " } else { "" }, route.retries.describe()) } else { String::new() }
+            ));
+        }
+    }
+    out
+}
+
 /// The ingress gateway, as selectors and stat probes name it.
 pub const INGRESS: &str = "istio-ingressgateway";
 /// Most requests per second a profile may ask for (the load stays on loopback, bounded).

@@ -136,6 +136,9 @@ pub async fn chaos(a: ChaosArgs) -> Result<u8> {
     crate::translate::proxy::check(&model)?;
     let file = profile::find(&name, Path::new("scenarios"))?;
     let profile = profile::load(&file, &model)?;
+    for w in crate::chaos::validate::warnings(&profile, &model) {
+        eprintln!("meshtest: warning: {w}");
+    }
     let seed = a.seed.or(profile.seed).unwrap_or_else(plan::fresh_seed);
     let candidates: Vec<Candidate> = model
         .pods
