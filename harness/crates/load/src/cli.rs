@@ -102,9 +102,9 @@ pub struct LoadArgs {
     #[arg(long, hide = true, default_value = "auto")]
     pub client: String,
 
-    /// Open loop: least time between two send rounds of a generator thread,
-    /// e.g. 200us (the default; 0s to 10ms). Requests due within it leave
-    /// together.
+    /// Open loop: least time between two send rounds of a generator thread
+    /// sending 10000/s or more, e.g. 1ms (the default; 0s to 10ms); less in
+    /// proportion below that rate. Requests due within it leave together.
     #[arg(long, hide = true)]
     pub send_batch: Option<String>,
 }

@@ -179,7 +179,7 @@ async fn run_lanes(
             },
             Some(schedule),
         ) => {
-            let (batch, http2) = (plan.send_batch, plan.http2);
+            let (batch, http2) = (plan.batch_at(schedule.rate() / n as f64), plan.http2);
             on_threads(lanes, move |lane| {
                 let lp = LanePlan {
                     schedule,

@@ -20,9 +20,15 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 /// Open loop: the connection pool's least default cap (`--connections` with
 /// `--rate` sets another); see [`default_pool`].
 pub const DEFAULT_MAX_OPEN_CONNECTIONS: usize = 64;
-/// Open loop: least time between two dispatcher rounds on a generator thread
-/// (the hidden `--send-batch`). Requests due within it leave together.
-pub const DEFAULT_SEND_BATCH: Duration = Duration::from_micros(200);
+/// Open loop: least time between two send rounds of a generator thread at
+/// [`FULL_BATCH_RATE`] per thread and above (the hidden `--send-batch`);
+/// requests due within it leave together. Below that rate the batch shrinks
+/// in proportion (see [`LoadPlan::batch_at`]). 1 ms is wrk2's granularity:
+/// at 10,000/s it cuts the generator's wake-ups per request by more than
+/// half against 200 µs, and the target's work per request with them.
+pub const DEFAULT_SEND_BATCH: Duration = Duration::from_millis(1);
+/// Per-thread rate from which the whole `send_batch` applies.
+pub const FULL_BATCH_RATE: f64 = 10_000.0;
 /// Longest `--send-batch`.
 pub const MAX_SEND_BATCH: Duration = Duration::from_millis(10);
 /// Most `--threads`.
@@ -414,6 +420,17 @@ impl LoadPlan {
         check_generator(self.threads, self.send_batch)
     }
 
+    /// The send batch of a thread sending `rate_per_thread` requests/s:
+    /// `send_batch` from [`FULL_BATCH_RATE`] up, proportionally less below, so
+    /// slow schedules keep their exact send times (1,000/s: batches of 100 µs,
+    /// a tenth of the interval) and only busy threads trade a little
+    /// lateness, which is counted, for fewer wake-ups.
+    pub fn batch_at(&self, rate_per_thread: f64) -> Duration {
+        let share = (rate_per_thread / FULL_BATCH_RATE).clamp(0.0, 1.0);
+        self.send_batch
+            .mul_f64(if share.is_nan() { 0.0 } else { share })
+    }
+
     /// Generator threads the run uses: `threads` (default: every core the
     /// process may run on), but no more than there are connections to give
     /// each one (or, open loop, requests to send).
@@ -657,6 +674,9 @@ mod tests {
             }
         );
         assert_eq!(default_pool(65_000.0), 65);
+        assert_eq!(p.batch_at(50_000.0), DEFAULT_SEND_BATCH);
+        assert_eq!(p.batch_at(1_000.0), DEFAULT_SEND_BATCH / 10);
+        assert_eq!(p.batch_at(f64::NAN), Duration::ZERO);
         assert_eq!(default_pool(1e7), 10_000);
         assert_eq!(default_pool(f64::NAN), 64);
         a.connections = Some(2);
