@@ -15,6 +15,7 @@ pub mod hgrm;
 pub mod html;
 pub mod http1;
 pub mod lane;
+mod limits;
 pub mod open;
 pub mod plan;
 pub mod progress;

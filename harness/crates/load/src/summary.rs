@@ -217,6 +217,35 @@ pub struct BucketOut {
     pub max_ms: f64,
 }
 
+impl TimelineOut {
+    fn from_result(r: &LoadResult) -> TimelineOut {
+        let timeline = &r.recorder.timeline;
+        let buckets = timeline
+            .buckets()
+            .iter()
+            .map(|b| {
+                let end = (b.start_s + b.width_s) as f64;
+                let span = (end.min(r.elapsed.as_secs_f64()) - b.start_s as f64).max(0.001);
+                (b, round3(span))
+            })
+            .map(|(b, span_s)| BucketOut {
+                t_s: b.start_s,
+                span_s,
+                requests: b.requests,
+                errors: b.errors,
+                rps: round3(b.requests as f64 / span_s),
+                p50_ms: b.p50_us as f64 / 1000.0,
+                p99_ms: b.p99_us as f64 / 1000.0,
+                max_ms: b.max_us as f64 / 1000.0,
+            })
+            .collect();
+        TimelineOut {
+            bucket_s: timeline.width_s(),
+            buckets,
+        }
+    }
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -238,26 +267,6 @@ impl Summary {
             .by_version
             .iter()
             .map(|(v, h)| (v.clone(), group(h)))
-            .collect();
-        let buckets = rec
-            .timeline
-            .buckets()
-            .iter()
-            .map(|b| {
-                let end = (b.start_s + b.width_s) as f64;
-                let span = (end.min(r.elapsed.as_secs_f64()) - b.start_s as f64).max(0.001);
-                (b, round3(span))
-            })
-            .map(|(b, span_s)| BucketOut {
-                t_s: b.start_s,
-                span_s,
-                requests: b.requests,
-                errors: b.errors,
-                rps: round3(b.requests as f64 / span_s),
-                p50_ms: b.p50_us as f64 / 1000.0,
-                p99_ms: b.p99_us as f64 / 1000.0,
-                max_ms: b.max_us as f64 / 1000.0,
-            })
             .collect();
         let connections = match r.mode {
             Mode::Open {
@@ -306,10 +315,7 @@ impl Summary {
                 .collect(),
             status_classes,
             versions,
-            timeline: TimelineOut {
-                bucket_s: rec.timeline.width_s(),
-                buckets,
-            },
+            timeline: TimelineOut::from_result(r),
             saturation: SaturationOut::from_result(r),
             thresholds: Vec::new(),
         }
