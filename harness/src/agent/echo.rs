@@ -113,7 +113,7 @@ async fn respond(
         .iter()
         .find(|(prefix, _)| path.starts_with(prefix.as_str()))
     {
-        return Ok(forward(&shared, target, req, &path).await);
+        return Ok(forward(shared, target, req, &path).await);
     }
     let headers = header_map(req.headers());
     let caller = headers

@@ -4,11 +4,14 @@
 //! REVERT_FAILED).
 
 pub mod expect;
+mod guard;
 pub mod journal;
 pub mod judge;
 pub mod ledger;
 pub mod live;
+mod method;
 pub mod observe;
+mod phases;
 pub mod plan;
 pub mod profile;
 pub mod report;

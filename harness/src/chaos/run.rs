@@ -12,14 +12,14 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use super::expect::{self, Judgement};
+use super::expect::Judgement;
 use super::journal::{Entry, Journal, now_ms};
 use super::ledger::Ledger;
 use super::observe::{self, ProbeResult};
-use super::plan::{Plan, PlannedFault};
-use super::profile::{Expect, Profile};
+use super::plan::Plan;
+use super::profile::Profile;
 use super::timeline::Timeline;
-use super::traffic::{Stream, Traffic, Window};
+use super::traffic::{Stream, Traffic};
 use crate::local::owner::Owner;
 use crate::model::MeshModel;
 use crate::target::Target;
@@ -134,26 +134,26 @@ pub struct Outcome {
     pub summary: PathBuf,
 }
 
-struct Shared {
-    timeline: Timeline,
-    record: Record,
+pub(super) struct Shared {
+    pub(super) timeline: Timeline,
+    pub(super) record: Record,
 }
 
-struct Core {
-    x: Arc<Experiment>,
-    ledger: Ledger,
-    traffic: Arc<Traffic>,
-    shared: Arc<Mutex<Shared>>,
-    probes: Arc<Mutex<Vec<ProbeResult>>>,
+pub(super) struct Core {
+    pub(super) x: Arc<Experiment>,
+    pub(super) ledger: Ledger,
+    pub(super) traffic: Arc<Traffic>,
+    pub(super) shared: Arc<Mutex<Shared>>,
+    pub(super) probes: Arc<Mutex<Vec<ProbeResult>>>,
     /// When each probe began failing.
-    failing_since: BTreeMap<String, Instant>,
-    start: Instant,
-    high_error_from: Option<u64>,
-    last_beat: Option<Instant>,
+    pub(super) failing_since: BTreeMap<String, Instant>,
+    pub(super) start: Instant,
+    pub(super) high_error_from: Option<u64>,
+    pub(super) last_beat: Option<Instant>,
 }
 
 impl Core {
-    fn event(&self, name: &str, fields: serde_json::Value) {
+    pub(super) fn event(&self, name: &str, fields: serde_json::Value) {
         self.shared
             .lock()
             .expect("shared lock")
@@ -161,15 +161,15 @@ impl Core {
             .event(name, fields);
     }
 
-    fn t(&self) -> f64 {
+    pub(super) fn t(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
 
-    fn with_fault<R>(&self, i: usize, f: impl FnOnce(&mut FaultRun) -> R) -> R {
+    pub(super) fn with_fault<R>(&self, i: usize, f: impl FnOnce(&mut FaultRun) -> R) -> R {
         f(&mut self.shared.lock().expect("shared lock").record.faults[i])
     }
 
-    async fn pause(&self, point: &str) {
+    pub(super) async fn pause(&self, point: &str) {
         if self.x.pause_at.as_deref() == Some(point) {
             eprintln!("meshtest: paused at {point} (test hook; kill me)");
             tokio::time::sleep(Duration::from_secs(600)).await;
@@ -445,487 +445,4 @@ async fn spawn_prober(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
-}
-
-impl Core {
-    async fn run(mut self) -> Result<()> {
-        let x = self.x.clone();
-        self.phase_until(x.plan.before, "before").await;
-        if self.aborted() {
-            return Ok(());
-        }
-        let before = self.settled_window(0, x.plan.before.as_secs()).await;
-        if let Some(why) = self.out_of_steady_state(&before, &self.traffic.routes().to_vec()) {
-            let msg = format!(
-                "the mesh was not in its steady state before any fault ({why}): no fault was injected"
-            );
-            self.event("skipped", json!({"why": msg}));
-            self.shared
-                .lock()
-                .expect("shared lock")
-                .record
-                .skipped_faults = Some(msg);
-            return Ok(());
-        }
-        self.method().await?;
-        self.recover().await;
-        Ok(())
-    }
-
-    fn aborted(&self) -> bool {
-        self.shared
-            .lock()
-            .expect("shared lock")
-            .record
-            .abort
-            .is_some()
-    }
-
-    /// Waits (heartbeat every second) until `until` from the start.
-    async fn phase_until(&mut self, until: Duration, name: &str) {
-        self.event("phase", json!({"phase": name}));
-        while self.start.elapsed() < until && !self.aborted() {
-            self.heartbeat().await;
-            let left = until.saturating_sub(self.start.elapsed());
-            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
-        }
-    }
-
-    /// Waits (bounded by the load's timeout) for seconds [from, to) to complete, then merges them.
-    async fn settled_window(&self, from: u64, to: u64) -> Window {
-        let deadline =
-            Instant::now() + self.x.profile.load.value.timeout.0 + Duration::from_secs(2);
-        while self.traffic.complete_seconds() < to && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.traffic.window(from, to, &[])
-    }
-
-    /// Why a window is outside the steady state, if it is.
-    fn out_of_steady_state(&self, w: &Window, _routes: &[String]) -> Option<String> {
-        let ss = &self.x.profile.steady_state;
-        match w.error_rate() {
-            None => return Some("no request completed".into()),
-            Some(r) if r >= ss.error_rate_below.fraction() => {
-                return Some(format!(
-                    "error rate {:.2}% is not below {}%: {}",
-                    r * 100.0,
-                    ss.error_rate_below.0,
-                    w.describe()
-                ));
-            }
-            _ => {}
-        }
-        match w.quantile(0.99) {
-            Some(p) if p >= ss.p99_below.0 => Some(format!(
-                "p99 {:.1} ms is not below {}: {}",
-                p.as_secs_f64() * 1000.0,
-                meshtest_load::duration::human(ss.p99_below.0),
-                w.describe()
-            )),
-            _ => None,
-        }
-    }
-
-    /// The fault timeline: apply, verify and revert each fault on its schedule.
-    async fn method(&mut self) -> Result<()> {
-        let x = self.x.clone();
-        let mut verifiers: Vec<Option<tokio::task::JoinHandle<Option<(Instant, String)>>>> =
-            (0..x.plan.faults.len()).map(|_| None).collect();
-        let mut watchers: Vec<Vec<tokio::task::JoinHandle<Judgement>>> =
-            (0..x.plan.faults.len()).map(|_| vec![]).collect();
-        let mut applied = vec![false; x.plan.faults.len()];
-        let mut reverted = vec![false; x.plan.faults.len()];
-        while reverted.iter().any(|r| !r) {
-            if self.aborted() {
-                break;
-            }
-            let now = self.start.elapsed();
-            for (i, f) in x.plan.faults.iter().enumerate() {
-                if !applied[i] && now >= f.start {
-                    applied[i] = true;
-                    verifiers[i] = Some(self.apply(i, f).await?);
-                }
-                if verifiers[i].as_ref().is_some_and(|v| v.is_finished()) {
-                    let done = verifiers[i].take().expect("checked").await.ok().flatten();
-                    watchers[i] = self.verified(i, f, done).await;
-                }
-                if applied[i] && !reverted[i] && now >= f.end() {
-                    reverted[i] = true;
-                    if let Some(v) = verifiers[i].take() {
-                        v.abort();
-                        self.verified(i, f, None).await;
-                    }
-                    self.revert(i, f).await;
-                }
-            }
-            self.heartbeat().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for (i, ws) in watchers.into_iter().enumerate() {
-            for w in ws {
-                if let Ok(j) = w.await {
-                    self.with_fault(i, |r| r.watchers.push(j));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Journals and applies every injection of fault `f`; returns its verification task.
-    async fn apply(
-        &mut self,
-        i: usize,
-        f: &PlannedFault,
-    ) -> Result<tokio::task::JoinHandle<Option<(Instant, String)>>> {
-        let x = self.x.clone();
-        let step = &x.profile.method[f.index].value;
-        if let Some(note) = &step.note {
-            self.event("note", json!({"text": note, "by": "profile"}));
-        }
-        let baseline = match observe::evidence_stats(f.kind) {
-            Some(filter) => {
-                observe::counter_sum(
-                    x.target.as_ref(),
-                    &observe::proxies(x.target.as_ref()),
-                    filter,
-                )
-                .await
-            }
-            None => 0,
-        };
-        self.pause("before-journal").await;
-        let started = Instant::now();
-        let at = self.t();
-        for (n, (id, injection)) in f.injections.iter().enumerate() {
-            self.event("fault_journaled", json!({"fault": f.id, "id": id, "injection": injection, "inverse": injection.inverse(), "lease_ms": f.lease.as_millis() as u64}));
-            let result = self
-                .ledger
-                .apply(x.target.as_ref(), &f.name, id, injection, f.lease)
-                .await;
-            if n == 0 {
-                self.pause("journaled").await;
-            }
-            if let Err(e) = result {
-                let msg = format!("{e:#}");
-                self.event(
-                    "fault_failed",
-                    json!({"fault": f.id, "id": id, "error": msg}),
-                );
-                self.with_fault(i, |r| r.errors.push(format!("{id}: {msg}")));
-            }
-        }
-        let apply_ms = started.elapsed().as_millis() as u64;
-        self.with_fault(i, |r| {
-            r.applied_at_s = Some(at);
-            r.apply_ms = Some(apply_ms);
-        });
-        self.event("fault_applied", json!({"fault": f.id, "name": f.name, "kind": f.kind, "target": f.target(), "apply_ms": apply_ms}));
-        self.pause(&format!("applied:{}", f.kind)).await;
-        let (target, fault, within) = (x.target.clone(), f.clone(), step.verify_within());
-        Ok(tokio::spawn(async move {
-            let deadline = Instant::now() + within;
-            while Instant::now() < deadline {
-                if let Ok(Some(evidence)) = observe::shows(target.as_ref(), &fault, baseline).await
-                {
-                    return Some((Instant::now(), evidence));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            None
-        }))
-    }
-
-    /// Records the verification; starts the fault's Envoy-side watchers when it is effective.
-    async fn verified(
-        &mut self,
-        i: usize,
-        f: &PlannedFault,
-        done: Option<(Instant, String)>,
-    ) -> Vec<tokio::task::JoinHandle<Judgement>> {
-        let x = self.x.clone();
-        let Some((when, evidence)) = done else {
-            let within = x.profile.method[f.index].value.verify_within();
-            let msg = format!(
-                "fault not effective: the data plane did not show it within {} (checked: {})",
-                meshtest_load::duration::human(within),
-                super::plan::verified_by(f.kind)
-            );
-            self.event("fault_not_effective", json!({"fault": f.id, "why": msg}));
-            self.with_fault(i, |r| r.verification = msg);
-            return vec![];
-        };
-        let at = when.duration_since(self.start).as_secs_f64();
-        let applied_at = self.with_fault(i, |r| r.applied_at_s.unwrap_or(at));
-        let apply_ms = self.with_fault(i, |r| r.apply_ms.unwrap_or(0));
-        let verify_ms = (((at - applied_at) * 1000.0) as u64).saturating_sub(apply_ms);
-        self.event(
-            "fault_verified",
-            json!({"fault": f.id, "evidence": evidence, "verify_ms": verify_ms}),
-        );
-        self.with_fault(i, |r| {
-            r.verified_at_s = Some(at);
-            r.verify_ms = Some(verify_ms);
-            r.verification = evidence;
-        });
-        let mut before = Vec::new();
-        let mut tasks = Vec::new();
-        for e in &x.profile.method[f.index].value.expect {
-            match &e.value {
-                Expect::SubsetUnaffected { service, subset } => {
-                    before.push(
-                        expect::subset_counters(x.target.as_ref(), &x.model, service, subset).await,
-                    );
-                }
-                Expect::EjectedWithin { within, by } => {
-                    let (target, model, by, pods, within, hyp) = (
-                        x.target.clone(),
-                        x.model.clone(),
-                        by.clone(),
-                        f.pods.clone(),
-                        within.0,
-                        e.value.describe(),
-                    );
-                    let gateway = f.injections.iter().all(|(_, i)| expect::gateway_errors(i));
-                    tasks.push(tokio::spawn(async move {
-                        expect::watch_ejection(
-                            target.as_ref(),
-                            &model,
-                            &by,
-                            &pods,
-                            gateway,
-                            within,
-                            hyp,
-                        )
-                        .await
-                    }));
-                }
-                _ => {}
-            }
-        }
-        self.with_fault(i, |r| r.subset_before = before);
-        tasks
-    }
-
-    async fn revert(&mut self, i: usize, f: &PlannedFault) {
-        let x = self.x.clone();
-        let mut after = Vec::new();
-        for e in &x.profile.method[f.index].value.expect {
-            if let Expect::SubsetUnaffected { service, subset } = &e.value {
-                after.push(
-                    expect::subset_counters(x.target.as_ref(), &x.model, service, subset).await,
-                );
-            }
-        }
-        let at = self.t();
-        let started = Instant::now();
-        let mut errors = Vec::new();
-        for (n, (id, _)) in f.injections.iter().enumerate().rev() {
-            let r = self.ledger.revert(x.target.as_ref(), id).await;
-            self.event(
-                "fault_reverted",
-                json!({"fault": f.id, "id": id, "found": r.found, "ms": r.ms, "error": r.error}),
-            );
-            if let Some(e) = r.error {
-                errors.push(format!("{id}: {e}"));
-            }
-            if n + 1 == f.injections.len() {
-                self.pause("reverting").await;
-            }
-        }
-        let revert_ms = started.elapsed().as_millis() as u64;
-        self.with_fault(i, |r| {
-            r.reverted_at_s = Some(at);
-            r.revert_ms = Some(revert_ms);
-            r.reverted = errors.is_empty();
-            r.errors.extend(errors);
-            r.subset_after = after;
-        });
-    }
-
-    /// Once a second (calls in between do nothing): notes, the live view, and the guardrails.
-    async fn heartbeat(&mut self) {
-        if self
-            .last_beat
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(950))
-        {
-            return;
-        }
-        self.last_beat = Some(Instant::now());
-        let notes = self
-            .shared
-            .lock()
-            .expect("shared lock")
-            .timeline
-            .take_notes();
-        for n in notes {
-            if self.x.progress {
-                eprintln!("meshtest: note: {n}");
-            }
-        }
-        let probes = self.probes.lock().expect("probe lock").clone();
-        for p in &probes {
-            if p.ok {
-                self.failing_since.remove(&p.name);
-            } else {
-                self.failing_since
-                    .entry(p.name.clone())
-                    .or_insert_with(Instant::now);
-            }
-        }
-        if self.x.progress {
-            eprintln!(
-                "{}",
-                super::live::line(&self.x, &self.traffic, &self.ledger, &probes, self.start)
-            );
-        }
-        if let Some(rule) = self.tripped() {
-            self.abort(rule).await;
-        }
-    }
-
-    /// The first guardrail that trips, if any.
-    fn tripped(&mut self) -> Option<String> {
-        let a = &self.x.profile.abort;
-        let hold = a.r#for.map_or(Duration::from_secs(3), |d| d.0);
-        if let Some(d) = a.deadline
-            && self.start.elapsed() > d.0
-        {
-            return Some(format!(
-                "the experiment ran past its deadline of {}",
-                meshtest_load::duration::human(d.0)
-            ));
-        }
-        if let Some(name) = &a.probe_failing
-            && let Some(since) = self.failing_since.get(name)
-            && since.elapsed() >= hold
-        {
-            return Some(format!(
-                "probe {name} failed for {}",
-                meshtest_load::duration::human(hold)
-            ));
-        }
-        if let Some(max) = a.max_pods {
-            let pods: std::collections::BTreeSet<String> = self
-                .ledger
-                .live()
-                .iter()
-                .flat_map(|(_, i)| i.pods())
-                .collect();
-            if pods.len() > max {
-                return Some(format!(
-                    "{} pods faulted at once, more than {max}",
-                    pods.len()
-                ));
-            }
-        }
-        if let Some(limit) = a.error_rate_above {
-            let last = self.traffic.last_complete()?;
-            let w = self.traffic.window(last, last + 1, &[]);
-            if w.error_rate().is_some_and(|r| r > limit.fraction()) {
-                let from = *self.high_error_from.get_or_insert(last);
-                if last + 1 - from >= hold.as_secs().max(1) {
-                    return Some(format!(
-                        "the error rate stayed above {}% for {} ({})",
-                        limit.0,
-                        meshtest_load::duration::human(hold),
-                        w.describe()
-                    ));
-                }
-            } else {
-                self.high_error_from = None;
-            }
-        }
-        None
-    }
-
-    /// Reverts everything at once and records how long that took.
-    async fn abort(&mut self, rule: String) {
-        let tripped_at = self.t();
-        self.event("abort", json!({"rule": rule}));
-        if self.x.progress {
-            eprintln!("meshtest: ABORT: {rule}: reverting every fault");
-        }
-        let started = Instant::now();
-        let failed = self.ledger.revert_all(self.x.target.as_ref()).await;
-        let ms = started.elapsed().as_millis() as u64;
-        self.event("aborted", json!({"trip_to_reverted_ms": ms, "failed": failed.iter().map(|f| &f.id).collect::<Vec<_>>()}));
-        let mut s = self.shared.lock().expect("shared lock");
-        for f in s
-            .record
-            .faults
-            .iter_mut()
-            .filter(|f| f.applied_at_s.is_some() && f.reverted_at_s.is_none())
-        {
-            f.reverted_at_s = Some(tripped_at);
-            f.reverted = failed.is_empty();
-        }
-        s.record.abort = Some(AbortRecord {
-            rule,
-            tripped_at_s: tripped_at,
-            trip_to_reverted_ms: ms,
-        });
-    }
-
-    /// After the last revert: the steady state must be back within `recover_within`, then the
-    /// `after` phase is measured. "Back" is the first whole second of load sent after the
-    /// revert that meets the steady state, with every probe passing and no fault of the run
-    /// left on the mesh; the time reported runs from the revert to that second's start.
-    async fn recover(&mut self) {
-        let x = self.x.clone();
-        let within = x.profile.steady_state.recover_within.0;
-        let from = self.start.elapsed();
-        self.event("phase", json!({"phase": "recovery"}));
-        let mut k = from.as_secs_f64().ceil() as u64;
-        let mut detail = String::from("no second after the last revert completed");
-        let mut back = None;
-        while back.is_none() && self.start.elapsed() < from + within + Duration::from_secs(1) {
-            self.heartbeat().await;
-            while back.is_none()
-                && self.traffic.is_complete(k)
-                && Duration::from_secs(k) < from + within
-            {
-                let w = self.traffic.window(k, k + 1, &[]);
-                let probes_ok = self.probes.lock().expect("probe lock").iter().all(|p| p.ok);
-                let held = observe::held(x.target.as_ref()).await.unwrap_or_default();
-                let ours = held
-                    .iter()
-                    .any(|id| self.ledger.live().iter().any(|(l, _)| l == id));
-                match (self.out_of_steady_state(&w, &[]), probes_ok, ours) {
-                    (None, true, false) => {
-                        back = Some((Duration::from_secs(k).saturating_sub(from), k))
-                    }
-                    (why, p, o) => {
-                        detail = format!(
-                            "second {k}: {}{}{}",
-                            why.unwrap_or_default(),
-                            if p { "" } else { "; a probe fails" },
-                            if o { "; faults still held" } else { "" }
-                        );
-                        k += 1;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let recovery = Recovery {
-            back_after_ms: back.map(|(d, _)| d.as_millis() as u64),
-            within_ms: within.as_millis() as u64,
-            detail: if back.is_some() {
-                "steady state back".into()
-            } else {
-                detail
-            },
-        };
-        self.event("recovery", json!(recovery));
-        self.shared.lock().expect("shared lock").record.recovery = Some(recovery);
-        if let Some((_, second)) = back {
-            let after_start = self.start.elapsed();
-            self.phase_until(after_start + x.plan.after, "after").await;
-            let to = self.start.elapsed().as_secs();
-            self.shared.lock().expect("shared lock").record.after =
-                Some((second, to.max(second + 1)));
-        }
-        self.traffic.stop();
-    }
 }

@@ -204,12 +204,12 @@ impl LocalMesh {
                 Injection::Network { .. } => through,
                 // A killed or frozen pod is shown by its process.
                 Injection::PodKill { pod, .. } => self
-                    .pod(&pod)
+                    .pod(pod)
                     .map_or(0, |p| u64::from(p.proxy.exited().is_some())),
                 Injection::PodPause { pod } => self
-                    .pod(&pod)
+                    .pod(pod)
                     .map_or(0, |p| u64::from(is_stopped(p.proxy.pid()))),
-                Injection::RejectedPush { proxy } => match self.proxy(&proxy) {
+                Injection::RejectedPush { proxy } => match self.proxy(proxy) {
                     Some(p) => rejected_updates(&p.admin)
                         .await
                         .saturating_sub(rejected_before),
