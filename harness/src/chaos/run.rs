@@ -298,7 +298,10 @@ async fn cleanup(x: &Experiment, ledger: &Ledger, shared: &Arc<Mutex<Shared>>) {
             json!({"reverting": live.iter().map(|(id, _)| id).collect::<Vec<_>>()}),
         );
     }
+    let at = shared.lock().expect("shared lock").timeline.t();
+    let started = Instant::now();
     let failed = ledger.revert_all(x.target.as_ref()).await;
+    let revert_ms = started.elapsed().as_millis() as u64;
     let held = match x.target.injections().await {
         Ok(list) => list
             .into_iter()
@@ -314,6 +317,25 @@ async fn cleanup(x: &Experiment, ledger: &Ledger, shared: &Arc<Mutex<Shared>>) {
     }
     if !held.is_empty() {
         s.timeline.event("left_behind", json!({"ids": held}));
+    }
+    // Faults the run was stopped in the middle of: reverted here, or not.
+    let still_live: Vec<String> = ledger.live().into_iter().map(|(id, _)| id).collect();
+    let shared = &mut *s;
+    for (f, run) in x.plan.faults.iter().zip(shared.record.faults.iter_mut()) {
+        if run.applied_at_s.is_none() || run.reverted_at_s.is_some() {
+            continue;
+        }
+        let gone = f.injections.iter().all(|(id, _)| !still_live.contains(id));
+        run.reverted_at_s = Some(at);
+        run.revert_ms = Some(revert_ms);
+        run.reverted = gone;
+        if !gone {
+            run.errors.push("not reverted when the run stopped".into());
+        }
+        shared.timeline.event(
+            "fault_reverted",
+            json!({"fault": f.id, "by": "cleanup", "ms": revert_ms, "reverted": gone}),
+        );
     }
     s.record.left_behind = held;
 }
