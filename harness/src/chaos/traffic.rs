@@ -178,6 +178,9 @@ impl Stream {
         args.headers = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         args.timeout = format!("{}ms", timeout.as_millis());
         args.no_progress = true;
+        // One generator thread per segment: a second's worth of requests needs no more, and a
+        // segment starts every second.
+        args.threads = Some(1);
         args.name = "chaos".into();
         let plan =
             LoadPlan::from_args(&args).map_err(|e| anyhow::anyhow!("load route {key}: {e}"))?;

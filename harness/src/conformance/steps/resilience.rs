@@ -121,6 +121,7 @@ async fn background_load(w: &mut MeshWorld, rate: u64, path: String) {
     args.duration = Some(format!("{}s", LOAD_SPAN.as_secs()));
     args.timeout = format!("{}s", LOAD_TIMEOUT.as_secs());
     args.no_progress = true;
+    args.threads = Some(1);
     // A tenant of its own, so the rate limit bucket is the scenario's.
     let tenant = format!("resilience-{}-{}", std::process::id(), w.chaos_owner);
     let jwt = token(w, &TokenSpec::new(&tenant, Tier::Enterprise)).await;
