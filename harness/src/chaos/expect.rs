@@ -127,7 +127,9 @@ pub fn judge(e: &Expect, routes: &Routes, window: &dyn Fn(&[String]) -> Window) 
             within,
             routes: names,
         } => fails_fast(&hyp, within.0, &window(names)),
-        Expect::SubsetUnaffected { .. } | Expect::EjectedWithin { .. } => {
+        Expect::SubsetUnaffected { .. }
+        | Expect::ShedsLoad { .. }
+        | Expect::EjectedWithin { .. } => {
             j(Verdict::Unchecked, "judged from Envoy, not the load".into())
         }
     }
@@ -323,6 +325,58 @@ pub async fn subset_counters(
     let errors = observe::counter_sum(target, &proxies, &format!("{base}upstream_rq_5xx$")).await;
     let total = observe::counter_sum(target, &proxies, &format!("{base}upstream_rq_total$")).await;
     (errors, total)
+}
+
+/// Envoy counters an expectation is judged on, read when the fault shows and when it is
+/// reverted; None for expectations judged otherwise.
+pub async fn window_counters(
+    target: &dyn Target,
+    model: &MeshModel,
+    e: &Expect,
+) -> Option<(u64, u64)> {
+    match e {
+        Expect::SubsetUnaffected { service, subset } => {
+            Some(subset_counters(target, model, service, subset).await)
+        }
+        Expect::ShedsLoad { service } => {
+            let svc = model.service(service)?;
+            let base = format!(
+                r"^cluster\.outbound\|\d+\|[^|]*\|{}\.",
+                crate::regex_literal::escape(&svc.fqdn())
+            );
+            let proxies = observe::proxies(target);
+            let overflow = observe::counter_sum(
+                target,
+                &proxies,
+                &format!("{base}upstream_rq_pending_overflow$"),
+            )
+            .await;
+            let total =
+                observe::counter_sum(target, &proxies, &format!("{base}upstream_rq_total$")).await;
+            Some((overflow, total))
+        }
+        _ => None,
+    }
+}
+
+/// Judges an expectation from its counters at both ends of the fault.
+pub fn judge_counters(e: &Expect, before: (u64, u64), after: (u64, u64)) -> Judgement {
+    let hyp = e.describe();
+    match e {
+        Expect::ShedsLoad { .. } => {
+            let shed = after.0.saturating_sub(before.0);
+            let sent = after.1.saturating_sub(before.1);
+            let ev = format!(
+                "{shed} requests shed by a full pending queue among {sent} the proxies sent it"
+            );
+            if shed > 0 {
+                Judgement::new(hyp, Verdict::Holds, ev)
+            } else {
+                Judgement::new(hyp, Verdict::Broken, format!("nothing was shed: {ev}"))
+            }
+        }
+        _ => judge_subset(&hyp, before, after),
+    }
 }
 
 pub fn judge_subset(hyp: &str, before: (u64, u64), after: (u64, u64)) -> Judgement {

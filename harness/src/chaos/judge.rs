@@ -218,14 +218,14 @@ fn fault(
             }
         ),
     )];
-    let (mut subset_n, mut watcher_n) = (0, 0);
+    let (mut counters_n, mut watcher_n) = (0, 0);
     for e in &step.expect {
         let j = match &e.value {
-            Expect::SubsetUnaffected { .. } => {
-                let n = subset_n;
-                subset_n += 1;
-                match (run.subset_before.get(n), run.subset_after.get(n)) {
-                    (Some(b), Some(a)) => expect::judge_subset(&e.value.describe(), *b, *a),
+            Expect::SubsetUnaffected { .. } | Expect::ShedsLoad { .. } => {
+                let n = counters_n;
+                counters_n += 1;
+                match (run.counters_before.get(n), run.counters_after.get(n)) {
+                    (Some(b), Some(a)) => expect::judge_counters(&e.value, *b, *a),
                     _ => Judgement::new(
                         e.value.describe(),
                         Verdict::Unchecked,

@@ -154,12 +154,10 @@ impl Core {
         let mut before = Vec::new();
         let mut tasks = Vec::new();
         for e in &x.profile.method[f.index].value.expect {
+            if let Some(c) = expect::window_counters(x.target.as_ref(), &x.model, &e.value).await {
+                before.push(c);
+            }
             match &e.value {
-                Expect::SubsetUnaffected { service, subset } => {
-                    before.push(
-                        expect::subset_counters(x.target.as_ref(), &x.model, service, subset).await,
-                    );
-                }
                 Expect::EjectedWithin { within, by } => {
                     let (target, model, by, pods, within, hyp) = (
                         x.target.clone(),
@@ -186,7 +184,7 @@ impl Core {
                 _ => {}
             }
         }
-        self.with_fault(i, |r| r.subset_before = before);
+        self.with_fault(i, |r| r.counters_before = before);
         tasks
     }
 
@@ -194,10 +192,8 @@ impl Core {
         let x = self.x.clone();
         let mut after = Vec::new();
         for e in &x.profile.method[f.index].value.expect {
-            if let Expect::SubsetUnaffected { service, subset } = &e.value {
-                after.push(
-                    expect::subset_counters(x.target.as_ref(), &x.model, service, subset).await,
-                );
+            if let Some(c) = expect::window_counters(x.target.as_ref(), &x.model, &e.value).await {
+                after.push(c);
             }
         }
         let at = self.t();
@@ -222,7 +218,7 @@ impl Core {
             r.revert_ms = Some(revert_ms);
             r.reverted = errors.is_empty();
             r.errors.extend(errors);
-            r.subset_after = after;
+            r.counters_after = after;
         });
     }
 }

@@ -464,6 +464,9 @@ pub enum Expect {
     },
     /// No proxy saw a 5xx from `subset` of `service` (and some traffic reached it).
     SubsetUnaffected { service: String, subset: String },
+    /// The callers' circuit breakers for `service` shed load: Envoy counted pending-queue
+    /// overflows (the 503s it sends with x-envoy-overloaded) while the fault was in force.
+    ShedsLoad { service: String },
     /// The faulted pods are ejected by the proxies of `by` (a service) within `within`.
     EjectedWithin { within: Dur, by: String },
     /// These routes' p99 stays below `value`.
@@ -513,6 +516,11 @@ impl Expect {
             }
             Expect::SubsetUnaffected { service, subset } => {
                 format!("{service} subset {subset} serves no 5xx")
+            }
+            Expect::ShedsLoad { service } => {
+                format!(
+                    "callers' circuit breakers for {service} shed load (503 + x-envoy-overloaded)"
+                )
             }
             Expect::EjectedWithin { within, by } => format!(
                 "{by}'s proxies eject the faulted pods within {}",

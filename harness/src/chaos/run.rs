@@ -88,9 +88,9 @@ pub struct FaultRun {
     pub reverted: bool,
     pub errors: Vec<String>,
     #[serde(skip)]
-    pub subset_before: Vec<(u64, u64)>,
+    pub counters_before: Vec<(u64, u64)>,
     #[serde(skip)]
-    pub subset_after: Vec<(u64, u64)>,
+    pub counters_after: Vec<(u64, u64)>,
     #[serde(skip)]
     pub watchers: Vec<Judgement>,
 }

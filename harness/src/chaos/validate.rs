@@ -537,6 +537,16 @@ fn expectation(
             }
             Ok(())
         }
+        Expect::ShedsLoad { service } => {
+            if cx.model.service(service).is_none() {
+                return cx.err(
+                    line,
+                    &format!("{field}.service"),
+                    format!("no service {service}"),
+                );
+            }
+            Ok(())
+        }
         Expect::SubsetUnaffected { service, subset } => {
             if cx.model.service(service).is_none() {
                 return cx.err(
