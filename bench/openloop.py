@@ -1,6 +1,6 @@
 """The open-loop comparison of bench/run.sh (meshtest vs wrk2), as markdown for RESULTS.md.
 
-Reads bench/out/open-RATE-TOOL-ROUND.{out,time,target_ticks} (and meshtest's report
+Reads bench/out/open-RATE-TOOL-ROUND.{out,time,target_ns} (and meshtest's report
 directories) and the stall runs. Every figure of a rate comes from the same
 alternating run: per rate, the rounds of both tools took turns against one Envoy.
 """
@@ -9,7 +9,6 @@ import os
 import re
 import statistics
 
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 def _read(out, name):
@@ -59,8 +58,8 @@ def _runs(out, rate, tool, rounds):
         if _read(out, name + ".time") is None:
             continue
         r = parse(out, name)
-        ticks = _read(out, name + ".target_ticks")
-        r["target_s"] = int(ticks) * TICK_S if ticks else float("nan")
+        ns = _read(out, name + ".target_ns")
+        r["target_s"] = int(ns) / 1e9 if ns else float("nan")
         runs.append(r)
     return runs
 
@@ -82,7 +81,7 @@ def _aggregate(runs):
 
 def comparison(out, env):
     """{rate: {"meshtest": agg, "wrk2": agg, "runs": {...}}} for the rates that ran."""
-    rounds = int(env.get("open_rounds", "3"))
+    rounds = int(env.get("open_rounds", "5"))
     res = {}
     for rate in env.get("open_rates", "").split():
         runs = {t: _runs(out, rate, t, rounds) for t in ("meshtest", "wrk2")}
@@ -120,8 +119,8 @@ def protocols(out, env):
         if _read(out, name + ".time") is None:
             continue
         r = wrk2_run(out, name) if key.startswith("wrk2") else meshtest_run(out, name)
-        ticks = _read(out, name + ".target_ticks")
-        target = int(ticks) * TICK_S / max(r["requests"], 1) * 1e6 if ticks else float("nan")
+        ns = _read(out, name + ".target_ns")
+        target = int(ns) / 1e3 / max(r["requests"], 1) if ns else float("nan")
         conns = env.get("wrk2_conns") if key.startswith("wrk2") else r["conns"]
         rows.append(f"| {label} | {r['achieved']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
                     f"{r['cpu'] / max(r['requests'], 1) * 1e6:.2f} | {target:.2f} | {conns} | {r['errors']} |")

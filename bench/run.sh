@@ -16,7 +16,7 @@
 #   SKIP_OHA=1 to skip building oha; WRK2=/path/to/wrk2 (default
 #   /work/shared/tools/wrk2/wrk2; without it the wrk2 comparison is skipped, and
 #   RESULTS.md says so), OPEN_RATES="10000 30000 50000 65000", OPEN_DURATION=S (default
-#   8) and OPEN_ROUNDS=N (default 3) for the open-loop comparison, PROTO_RATE (default
+#   8) and OPEN_ROUNDS=N (default 5) for the open-loop comparison, PROTO_RATE (default
 #   10000) for the open loop over h2c, TLS, mTLS and h2 over TLS.
 #
 # Layout: Envoy (--concurrency 1) or the responder pinned to core 0, every generator
@@ -42,7 +42,7 @@ CONNS=32
 # Open loop vs wrk2 (section 2); wrk2 runs with the 64 connections its notes use.
 OPEN_RATES=${OPEN_RATES:-10000 30000 50000 65000}
 OPEN_DURATION=${OPEN_DURATION:-8}
-OPEN_ROUNDS=${OPEN_ROUNDS:-3}
+OPEN_ROUNDS=${OPEN_ROUNDS:-5}
 WRK2_CONNS=64
 # The open loop over HTTP/2 and TLS (section 2a), meshtest's hyper path.
 PROTO_RATE=${PROTO_RATE:-10000}
@@ -220,17 +220,19 @@ fi
 # Each rate, OPEN_ROUNDS rounds of meshtest and wrk2 back to back against the same
 # Envoy (the order swapped every round, so drift hits both alike), OPEN_DURATION s
 # each. CPU per request = the generator's user+sys time / its completed requests;
-# the target's = Envoy's CPU ticks over the run / the requests it served.
-envoy_ticks() { awk '{print $14 + $15}' /proc/$ENVOY_PID/stat; }
+# the target's = Envoy's on-CPU time over the run / the requests it served.
+# Envoy's on-CPU time in ns, all threads (schedstat: exact, where /proc/PID/stat's
+# utime+stime are 10 ms ticks sampled at the tick).
+envoy_ns() { cat /proc/$ENVOY_PID/task/*/schedstat | awk '{ns += $1} END {printf "%d", ns}'; }
 open_run() {
   local tool=$1 rate=$2 name=$3 t0
-  t0=$(envoy_ticks)
+  t0=$(envoy_ns)
   case $tool in
     meshtest) timed "$name" "$LOADGEN" $URL --rate "$rate" --duration "${OPEN_DURATION}s" --no-progress \
                 --report-dir "$OUT/$name" ;;
     wrk2) timed "$name" "$WRK2" -t1 -c$WRK2_CONNS -d"${OPEN_DURATION}s" -R "$rate" --latency $URL ;;
   esac
-  echo $(( $(envoy_ticks) - t0 )) >"$OUT/$name.target_ticks"
+  echo $(( $(envoy_ns) - t0 )) >"$OUT/$name.target_ns"
   sleep 1  # let Envoy drain before the next run
 }
 if [ -n "$WRK2_OK" ]; then
@@ -250,9 +252,9 @@ fi
 # TLS for reference (it has no client certificates or HTTP/2).
 proto_run() {
   local name=$1 t0; shift
-  t0=$(envoy_ticks)
+  t0=$(envoy_ns)
   timed "proto-$name" "$@"
-  echo $(( $(envoy_ticks) - t0 )) >"$OUT/proto-$name.target_ticks"
+  echo $(( $(envoy_ns) - t0 )) >"$OUT/proto-$name.target_ns"
   sleep 1
 }
 TLS_FLAGS="--cacert $TLS/ca.crt"

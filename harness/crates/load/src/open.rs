@@ -3,16 +3,17 @@
 //! Request `i` of the run belongs to lane `i % threads`. The lane's dispatcher
 //! sleeps on a [`PreciseTimer`] until its next request is due, then hands every
 //! due request to an idle slot (one kept-alive connection each), opening a new
-//! slot while the pool is below its cap. A slot that finishes a response takes
-//! the next request itself when it is already due, so a busy lane needs no
-//! dispatcher wake-up per request. When every slot is busy at the cap, due
-//! requests wait (and the wait counts, latency being measured from the
-//! intended send time) until a slot frees up.
+//! slot while the pool is below its cap. When every slot is busy at the cap,
+//! due requests wait (and the wait counts, latency being measured from the
+//! intended send time) until a slot frees up; a slot that finishes takes an
+//! overdue request itself, so catching up needs no dispatcher wake-up per
+//! request.
 //!
 //! Sends are batched: after a round the dispatcher sleeps at least `batch`,
 //! so at high rates it wakes once per batch rather than once per request
-//! (wrk2 does the same with its 1 ms timers). A request's lateness is part of
-//! its latency either way.
+//! (wrk2 does the same with its 1 ms timers), and the responses to a round
+//! come back together, which saves wake-ups on both sides. A request's
+//! lateness is part of its latency either way.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -90,10 +91,17 @@ impl OpenLane {
             .saturating_add(j.saturating_mul(self.plan.stride)))
     }
 
-    /// Claims the next request if it is due at `now`.
-    fn claim_due(&self, now: Instant) -> Option<u64> {
+    /// Claims the next request if it was due a whole batch before `now`: the
+    /// dispatcher has had its round for it, so the schedule is behind (the
+    /// pool was full) and a slot that just finished sends it at once. On
+    /// schedule, requests leave only in the dispatcher's rounds: sends
+    /// spread between rounds would spread the responses too, and each
+    /// response that arrives alone wakes the thread (and the target) once
+    /// more: against Envoy at 30,000/s that cost about 10% more CPU per
+    /// request.
+    fn claim_overdue(&self, now: Instant) -> Option<u64> {
         let j = self.next.load(Relaxed);
-        (j < self.count && self.intended(j) <= now).then(|| {
+        (j < self.count && self.intended(j) + self.plan.batch <= now).then(|| {
             self.next.store(j + 1, Relaxed);
             j
         })
@@ -239,28 +247,29 @@ async fn dispatch(ol: &Arc<OpenLane>, slots: &mut JoinSet<()>) -> Result<()> {
     }
 }
 
-/// One connection slot: sends the request it was given, then keeps taking
-/// due requests itself; parks in the pool when none is due.
+/// One connection slot: sends the request it was given, then takes overdue
+/// requests itself; parks in the pool otherwise.
 async fn slot_loop(ol: Arc<OpenLane>, slot: Arc<Slot>, first_job: u64) {
     let shared = ol.lane.shared.clone();
     let mut channel = Channel::new(&shared, ol.h2.clone());
-    let mut job = Some(first_job);
+    let mut next = Some((first_job, Instant::now()));
     loop {
-        let j = match job.take().or_else(|| ol.claim_due(Instant::now())) {
-            Some(j) => j,
+        let (j, sent) = match next.take() {
+            Some(job) => job,
             None if ol.all_claimed() => break,
             None => {
                 ol.park(&slot);
                 match wait_for_job(&ol, &slot).await {
-                    Some(j) => j,
+                    Some(j) => (j, Instant::now()),
                     None => break,
                 }
             }
         };
         let intended = ol.intended(j);
-        let sent = Instant::now();
         let res = channel.exchange(&shared, sent).await;
-        ol.lane.record(intended, Some(sent), res, channel.body());
+        let done = ol.lane.record(intended, Some(sent), res, channel.body());
+        // The completion time doubles as the next send time: no clock read.
+        next = ol.claim_overdue(done).map(|j| (j, done));
     }
     ol.pool().open -= 1;
     ol.nudge();
