@@ -246,7 +246,7 @@ fn housekeeping_and_down_touch_only_what_is_ours() {
     let state = cwd.path().join("state/state.json");
     std::fs::create_dir_all(state.parent().unwrap()).unwrap();
     let text = format!(
-        r#"{{"owner":{{"pid":{},"start_time":1,"token":"x"}},"mesh_dir":"/x","run_dir":"/x","ca":"/x","issuer_key":"/x","ingress":{{"http":null,"https":null,"admin":"/x"}},"pods":[]}}"#,
+        r#"{{"owner":{{"pid":{},"start_time":1,"token":"x"}},"mesh_dir":"/x","run_dir":"/x","ca":"/x","issuer_key":"/x","control":"/x","ingress":{{"http":null,"https":null,"admin":"/x"}},"pods":[]}}"#,
         sleeper.id()
     );
     std::fs::write(&state, text).unwrap();

@@ -157,31 +157,28 @@ impl Core {
             if let Some(c) = expect::window_counters(x.target.as_ref(), &x.model, &e.value).await {
                 before.push(c);
             }
-            match &e.value {
-                Expect::EjectedWithin { within, by } => {
-                    let (target, model, by, pods, within, hyp) = (
-                        x.target.clone(),
-                        x.model.clone(),
-                        by.clone(),
-                        f.pods.clone(),
-                        within.0,
-                        e.value.describe(),
-                    );
-                    let gateway = f.injections.iter().all(|(_, i)| expect::gateway_errors(i));
-                    tasks.push(tokio::spawn(async move {
-                        expect::watch_ejection(
-                            target.as_ref(),
-                            &model,
-                            &by,
-                            &pods,
-                            gateway,
-                            within,
-                            hyp,
-                        )
-                        .await
-                    }));
-                }
-                _ => {}
+            if let Expect::EjectedWithin { within, by } = &e.value {
+                let (target, model, by, pods, within, hyp) = (
+                    x.target.clone(),
+                    x.model.clone(),
+                    by.clone(),
+                    f.pods.clone(),
+                    within.0,
+                    e.value.describe(),
+                );
+                let gateway = f.injections.iter().all(|(_, i)| expect::gateway_errors(i));
+                tasks.push(tokio::spawn(async move {
+                    expect::watch_ejection(
+                        target.as_ref(),
+                        &model,
+                        &by,
+                        &pods,
+                        gateway,
+                        within,
+                        hyp,
+                    )
+                    .await
+                }));
             }
         }
         self.with_fault(i, |r| r.counters_before = before);

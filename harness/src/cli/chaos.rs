@@ -384,10 +384,21 @@ async fn revert(journal: Option<&Path>) -> Result<u8> {
         );
         return Ok(exit::FAILED);
     }
-    if report.reverted == 0 && report.lines.iter().all(|l| !l.contains("gone with")) {
+    let skipped = report
+        .lines
+        .iter()
+        .filter(|l| l.contains("still running"))
+        .count();
+    if report.reverted == 0 && skipped == 0 && report.lines.iter().all(|l| !l.contains("gone with"))
+    {
         println!("nothing left to revert");
     } else {
         println!("reverted {} fault(s)", report.reverted);
+    }
+    if skipped > 0 {
+        println!(
+            "{skipped} run(s) still running were left alone: they revert their own faults when they end (Ctrl-C reverts at once)"
+        );
     }
     Ok(exit::OK)
 }

@@ -25,9 +25,10 @@ impl Owner {
         }
     }
 
-    /// Is the process that wrote this record still running (same PID, same start time)?
+    /// Is the process that wrote this record still running (same PID, same start time, and
+    /// not a zombie: a killed process its parent has not reaped yet runs nothing)?
     pub fn is_alive(&self) -> bool {
-        start_time(self.pid).is_some_and(|t| t == self.start_time)
+        start_time(self.pid).is_some_and(|t| t == self.start_time) && !is_zombie(self.pid)
     }
 
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
@@ -45,6 +46,17 @@ pub fn start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is process `pid` a zombie (state Z) or dead (X)?
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with(['Z', 'X']))
+        })
+        .unwrap_or(false)
 }
 
 fn random_token() -> String {

@@ -110,8 +110,16 @@ async fn is_down(w: &mut MeshWorld, name: String) {
     }
 }
 
-#[when(regex = r"^(\d+) requests per second go through the ingress to (\S+)$")]
-async fn background_load(w: &mut MeshWorld, rate: u64, path: String) {
+#[when(
+    regex = r"^(\d+) requests per second go through the ingress to (\S+)(?: with header (\S+): (\S+))?$"
+)]
+async fn background_load(
+    w: &mut MeshWorld,
+    rate: u64,
+    path: String,
+    header: String,
+    value: String,
+) {
     let base = w
         .target
         .ingress_url(false)
@@ -122,6 +130,9 @@ async fn background_load(w: &mut MeshWorld, rate: u64, path: String) {
     args.timeout = format!("{}s", LOAD_TIMEOUT.as_secs());
     args.no_progress = true;
     args.threads = Some(1);
+    if !header.is_empty() {
+        args.headers.push(format!("{header}: {value}"));
+    }
     // A tenant of its own, so the rate limit bucket is the scenario's.
     let tenant = format!("resilience-{}-{}", std::process::id(), w.chaos_owner);
     let jwt = token(w, &TokenSpec::new(&tenant, Tier::Enterprise)).await;
@@ -295,6 +306,62 @@ async fn ejects_within(w: &mut MeshWorld, proxy: String, pod: String, secs: u64)
             if mine.is_empty() { j.evidence } else { mine },
         ),
     );
+}
+
+/// Envoy's default `max_ejection_time`.
+const ENVOY_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+/// Waits (polling, bounded) until `proxy` ejects no pod of `service`: an ejection left by an
+/// earlier scenario or run lasts the declared base ejection time (longer for a host ejected
+/// again), and a watch that starts with one would judge nothing.
+#[given(regex = r"^Envoy on (?P<pod>\S+) ejects no (?P<service>\S+) replica$")]
+async fn ejects_none(w: &mut MeshWorld, proxy: String, service: String) {
+    let model = crate::declared::model(w.target.manifests());
+    let svc = model
+        .service(&service)
+        .cloned()
+        .unwrap_or_else(|| unchecked!("no service {service}"));
+    let outlier = crate::declared::traffic::outlier(&model, &svc).value;
+    // A host ejected again stays out base x ejections, up to Envoy's max_ejection_time (Istio
+    // leaves it at Envoy's default: 300 s, or the base time if longer).
+    let limit = outlier.map_or(Duration::ZERO, |o| {
+        o.base_ejection_time.max(ENVOY_MAX_EJECTION_TIME) + o.interval
+    }) + Duration::from_secs(5);
+    let addresses: Vec<(String, String)> = w
+        .target
+        .pods()
+        .into_iter()
+        .filter(|p| p.service == service)
+        .map(|p| (p.name.clone(), p.address()))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let mut ejected = Vec::new();
+        for (name, addr) in &addresses {
+            match crate::chaos::observe::host_view(w.target.as_ref(), &proxy, &svc.fqdn(), addr)
+                .await
+            {
+                Some(v) if v.ejected => ejected.push(name.clone()),
+                Some(_) => {}
+                None => unchecked!("{proxy}'s Envoy does not answer"),
+            }
+        }
+        if ejected.is_empty() {
+            w.evidence(format!(
+                "{proxy} ejected no {service} replica (waited {:.1} s)",
+                started.elapsed().as_secs_f64()
+            ));
+            return;
+        }
+        if started.elapsed() > limit {
+            unchecked!(
+                "{proxy} still ejects {} after {} s (an earlier fault's ejection, longer than Envoy's maximum ejection time)",
+                ejected.join(", "),
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Envoy's counters of every subset of `service`, before the fault.
