@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod model;
 pub mod outcome;
 pub mod pki;
+pub mod prometheus;
 pub mod regex_literal;
 pub mod target;
 pub mod tls;

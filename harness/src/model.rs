@@ -93,6 +93,11 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The Deployment the pod belongs to (Istio's `workload` in telemetry).
+    pub fn workload_name(&self) -> &str {
+        self.name.rsplit_once('-').map_or(&self.name, |(w, _)| w)
+    }
+
     pub fn spiffe_id(&self) -> String {
         spiffe_id(&self.namespace, &self.service_account)
     }

@@ -615,6 +615,38 @@ breaks! {
         slow: false,
         scenarios: &["The auth API fails fast while auth-service is down"],
     };
+    error_alert_threshold_10x_high: Break {
+        what: "the error-rate alert's threshold is 50%, not 5%",
+        file: "observability.yaml",
+        edit: |t| t.replace("        > 0.05\n", "        > 0.5\n"),
+        feature: "observability.feature",
+        slow: false,
+        scenarios: &["The error-rate alert stays quiet at 3% errors, fires at 8%, and resolves when the errors stop"],
+    };
+    error_alert_threshold_10x_low: Break {
+        what: "the error-rate alert's threshold is 0.5%, not 5%",
+        file: "observability.yaml",
+        edit: |t| t.replace("        > 0.05\n", "        > 0.005\n"),
+        feature: "observability.feature",
+        slow: false,
+        scenarios: &["The error-rate alert stays quiet at 3% errors, fires at 8%, and resolves when the errors stop"],
+    };
+    error_alert_on_clean_traffic: Break {
+        what: "the error-rate alert counts 2xx answers as errors",
+        file: "observability.yaml",
+        edit: |t| t.replace("response_code=~\"5..\"}[20s]", "response_code=~\"[25]..\"}[20s]"),
+        feature: "observability.feature",
+        slow: false,
+        scenarios: &["Request counts agree exactly with what the load generator saw, and clean traffic raises no alert"],
+    };
+    access_log_without_tenant: Break {
+        what: "the access log format has no tenant",
+        file: "observability.yaml",
+        edit: |t| t.replace("            tenant: \"%REQ(X-TENANT-ID)%\"\n", ""),
+        feature: "observability.feature",
+        slow: false,
+        scenarios: &["Every proxy on a request's path logs it with the tenant, the route and the request id"],
+    };
     slow_canary: Break {
         what: "the canary opt-in route delays every request 1.5 s",
         file: "traffic.yaml",

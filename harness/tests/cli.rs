@@ -67,6 +67,23 @@ fn unsupported_field_exits_2_naming_file_line_and_field() {
 }
 
 #[test]
+fn a_prometheus_rule_prometheus_refuses_exits_2_naming_the_resource() {
+    let mesh = mesh_copy(only("observability.yaml", |text| {
+        text.replacen("> 0.05", "> > 0.05", 1)
+    }));
+    let cwd = tempfile::tempdir().unwrap();
+    let args = ["up", "--observe", "--mesh", mesh.path().to_str().unwrap()];
+    let out = expect(cwd.path(), &args, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("observability.yaml:36: field `spec.groups`")
+            && err.contains("Prometheus refuses"),
+        "{}",
+        explain(cwd.path(), &args, &out)
+    );
+}
+
+#[test]
 fn malformed_yaml_exits_2_with_file_and_line() {
     let mesh = mesh_copy(only("traffic.yaml", |text| {
         text.replacen("    tls:\n", "    tls: [\n", 1)

@@ -24,6 +24,8 @@ fn main() -> std::process::ExitCode {
         let mesh = LocalMesh::start(&LocalOptions {
             mesh_dir: mesh_dir.clone(),
             envoy: None,
+            // features/observability.feature queries the mesh's Prometheus.
+            observe: true,
         })
         .await
         .expect("starting the embedded mesh");

@@ -33,6 +33,10 @@ pub struct Fault {
     /// Send the answer's body in pieces spread over this long (headers come at once).
     #[serde(default)]
     pub slow_body_ms: Option<u64>,
+    /// Apply it to this share of the requests only (1-100), spread evenly: exactly this many
+    /// of any 100 consecutive requests (an error rate at a declared boundary).
+    #[serde(default)]
+    pub percent: Option<u8>,
     /// Who set the fault (a chaos run's id): a revert by owner clears only its own.
     #[serde(default)]
     pub owner: Option<String>,
@@ -87,6 +91,12 @@ impl Fault {
         }
     }
 
+    /// The same fault on `percent` of the requests.
+    pub fn on_percent(mut self, percent: u8) -> Fault {
+        self.percent = Some(percent);
+        self
+    }
+
     /// The same fault, owned by `owner` and ending by itself after `lease`.
     pub fn owned(mut self, owner: &str, lease: Duration) -> Fault {
         self.owner = Some(owner.to_string());
@@ -125,6 +135,11 @@ impl Fault {
         if let Some(ms) = self.slow_body_ms {
             parts.push(format!("body spread over {ms} ms"));
         }
+        if let Some(p) = self.percent
+            && !parts.is_empty()
+        {
+            parts.push(format!("on {p}% of requests"));
+        }
         if parts.is_empty() {
             "no fault".into()
         } else {
@@ -147,6 +162,8 @@ pub(crate) struct FaultState {
     fault: Fault,
     set_at: Instant,
     hits: u64,
+    /// Requests seen since the fault was set (for `percent`).
+    seen: u64,
 }
 
 impl Default for FaultState {
@@ -155,6 +172,7 @@ impl Default for FaultState {
             fault: Fault::default(),
             set_at: Instant::now(),
             hits: 0,
+            seen: 0,
         }
     }
 }
@@ -164,6 +182,7 @@ impl FaultState {
         self.fault = fault;
         self.set_at = Instant::now();
         self.hits = 0;
+        self.seen = 0;
     }
 
     /// The fault in force now (none once its lease ran out).
@@ -179,6 +198,14 @@ impl FaultState {
     /// The fault for a request it will change (counted).
     pub fn hit(&mut self) -> Fault {
         let f = self.current();
+        if let Some(p) = f.percent {
+            let (n, p) = (self.seen, u64::from(p.min(100)));
+            self.seen += 1;
+            // Request n is hit when the running count of hits, n * p / 100, steps up.
+            if (n + 1) * p / 100 == n * p / 100 {
+                return Fault::default();
+            }
+        }
         if f.is_active() {
             self.hits += 1;
         }
@@ -264,5 +291,21 @@ mod tests {
         assert_eq!(Fault::status(503).describe(), "status 503");
         assert_eq!(Fault::default().describe(), "no fault");
         assert!(!Fault::default().is_active());
+    }
+
+    #[test]
+    fn a_percent_fault_hits_exactly_that_share_spread_evenly() {
+        let mut s = FaultState::default();
+        s.set(Fault::status(503).on_percent(10));
+        let hits: Vec<bool> = (0..200).map(|_| s.hit().is_active()).collect();
+        assert_eq!(hits.iter().filter(|h| **h).count(), 20);
+        // Never two hits within 10 requests.
+        for w in hits.windows(10) {
+            assert!(w.iter().filter(|h| **h).count() <= 1);
+        }
+        assert_eq!(
+            Fault::status(503).on_percent(10).describe(),
+            "status 503, on 10% of requests"
+        );
     }
 }

@@ -198,6 +198,7 @@ pub async fn chaos(a: ChaosArgs) -> Result<u8> {
                 let mesh = LocalMesh::start(&LocalOptions {
                     mesh_dir: mesh_dir.clone(),
                     envoy: None,
+                    observe: false,
                 })
                 .await?;
                 (Arc::new(LocalTarget::owning(mesh, &mesh_dir)?), true, None)

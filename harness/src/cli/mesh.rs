@@ -16,6 +16,11 @@ pub struct UpArgs {
     /// Envoy binary to use (default: $MESHTEST_ENVOY, `envoy` on PATH if it is the pinned version, or the cache).
     #[arg(long)]
     envoy: Option<PathBuf>,
+    /// Also run Prometheus (pinned, installed into the cache on first use; $MESHTEST_PROMETHEUS
+    /// to use another binary), scraping every proxy each second and evaluating the mesh's
+    /// PrometheusRules; `status` prints its URL.
+    #[arg(long)]
+    observe: bool,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +81,7 @@ pub async fn up(a: UpArgs) -> Result<u8> {
     let opts = LocalOptions {
         mesh_dir: mesh_dir.clone(),
         envoy: Some(envoy),
+        observe: a.observe,
     };
     let mesh = std::sync::Arc::new(LocalMesh::start(&opts).await?);
     let elapsed = started.elapsed();
@@ -103,6 +109,11 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         state.pods.len(),
         state.pods.len()
     );
+    if let Some(url) = &state.prometheus {
+        println!(
+            "meshtest: Prometheus {url} (every proxy scraped each second, the mesh's PrometheusRules loaded)"
+        );
+    }
     println!("meshtest: state in {}", state_file().display());
     if let (Some(a), Some(b)) = (state.pods.first(), state.pods.last()) {
         println!(
@@ -160,6 +171,9 @@ pub async fn status(_: StateArgs) -> Result<u8> {
         state.ingress.http.as_deref().unwrap_or("-"),
         state.ingress.https.as_deref().unwrap_or("-")
     );
+    if let Some(url) = &state.prometheus {
+        println!("prometheus {url}");
+    }
     let mut healthy = true;
     let mut rows = vec![(
         "istio-ingressgateway".to_string(),

@@ -42,6 +42,9 @@ pub struct RunArgs {
     concurrency: usize,
 }
 
+/// Scenarios with this tag query the mesh's Prometheus: `run` starts one with the mesh.
+const OBSERVABILITY_TAG: &str = "observability";
+
 pub async fn run(a: RunArgs) -> Result<u8> {
     let features = if a.features.is_empty() {
         vec![PathBuf::from("features")]
@@ -93,6 +96,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
             let mesh = LocalMesh::start(&LocalOptions {
                 mesh_dir: mesh_dir.clone(),
                 envoy: None,
+                observe: validate::selects_tagged(&parsed, &selection, OBSERVABILITY_TAG),
             })
             .await?;
             Arc::new(LocalTarget::owning(mesh, &mesh_dir)?)

@@ -165,6 +165,23 @@ pub fn selects_something(
     }
 }
 
+/// Does the selection run a scenario tagged `tag` (on the scenario or its feature)? How `run`
+/// knows the mesh needs Prometheus (`@observability`).
+pub fn selects_tagged(
+    features: &[gherkin::Feature],
+    selection: &super::runner::Selection,
+    tag: &str,
+) -> bool {
+    features.iter().any(|f| {
+        f.scenarios
+            .iter()
+            .chain(f.rules.iter().flat_map(|r| r.scenarios.iter()))
+            .any(|s| {
+                selection.selects(f, s) && f.tags.iter().chain(s.tags.iter()).any(|t| t == tag)
+            })
+    })
+}
+
 /// Each Examples row as (placeholder, value) pairs.
 fn example_rows(scenario: &gherkin::Scenario) -> Vec<Vec<(String, String)>> {
     let mut rows = Vec::new();

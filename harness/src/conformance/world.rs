@@ -75,6 +75,9 @@ pub struct MeshWorld {
     /// Load running in the background while Then steps watch the mesh.
     pub chaos_load: Option<tokio::task::JoinHandle<Result<meshtest_load::LoadResult, String>>>,
     pub chaos_load_path: Option<String>,
+    /// Cancel flags of background loads: aborting their task does not stop the generator
+    /// threads, setting these does.
+    pub load_cancels: Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 static SCENARIOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -166,6 +169,7 @@ impl MeshWorld {
             ),
             chaos_load: None,
             chaos_load_path: None,
+            load_cancels: Vec::new(),
         })
     }
 
@@ -213,6 +217,9 @@ impl MeshWorld {
         // Held requests end once their fault is lifted below; nobody waits for them any more.
         for h in std::mem::take(&mut self.in_flight) {
             h.abort();
+        }
+        for cancel in std::mem::take(&mut self.load_cancels) {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(h) = self.chaos_load.take() {
             h.abort();

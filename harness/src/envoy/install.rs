@@ -72,24 +72,30 @@ pub fn ensure() -> Result<PathBuf> {
         return Ok(on_path);
     }
     let cached = cached_binary();
-    if cached.is_file() {
-        return Ok(cached);
+    install_once("envoy", &cached, install)?;
+    Ok(cached)
+}
+
+/// Runs `install` unless `binary` exists, one installer at a time across processes (parallel
+/// tests all want the tool on a fresh machine): flock on `<cache>/<kind>/.install.lock`.
+pub fn install_once(kind: &str, binary: &Path, install: impl FnOnce() -> Result<()>) -> Result<()> {
+    if binary.is_file() {
+        return Ok(());
     }
-    // One installer at a time (parallel tests all want Envoy on a fresh machine).
-    std::fs::create_dir_all(cache_dir().join("envoy"))?;
-    let lock = std::fs::File::create(cache_dir().join("envoy/.install.lock"))?;
+    std::fs::create_dir_all(cache_dir().join(kind))?;
+    let lock = std::fs::File::create(cache_dir().join(kind).join(".install.lock"))?;
     // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
         bail!(
-            "locking the Envoy cache: {}",
+            "locking the {kind} cache: {}",
             std::io::Error::last_os_error()
         );
     }
-    if !cached.is_file() {
+    if !binary.is_file() {
         install()?;
     }
     drop(lock);
-    Ok(cached)
+    Ok(())
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

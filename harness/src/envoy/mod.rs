@@ -7,4 +7,4 @@ pub mod config_dump;
 pub mod install;
 pub mod stats;
 
-pub use install::{ENVOY_VERSION, cache_dir, ensure, install, version_of};
+pub use install::{ENVOY_VERSION, cache_dir, ensure, install, install_once, version_of};

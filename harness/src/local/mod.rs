@@ -29,13 +29,14 @@ use crate::model::{INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT, MeshModel, Pod, s
 use crate::pki::{self, MeshCa};
 use crate::token::Issuer;
 use crate::translate::CertFiles;
+use crate::translate::bootstrap::STATS_PORT;
 use crate::translate::gateway::GatewayPlacement;
 use crate::translate::proxy::{self as envoy_config, SidecarPlacement};
 
 use layout::{Block, RunDir};
 use owner::Owner;
 pub use proxy::Death;
-use proxy::Proxy;
+use proxy::{Proxy, ProxyId};
 use runtime::MeshThread;
 pub use state::{IngressState, PodState, Recorded, State};
 
@@ -52,6 +53,9 @@ pub struct LocalOptions {
     pub mesh_dir: PathBuf,
     /// The Envoy binary; None finds or installs the pinned one.
     pub envoy: Option<PathBuf>,
+    /// Run Prometheus beside the mesh, scraping every proxy and evaluating the mesh's
+    /// PrometheusRules.
+    pub observe: bool,
 }
 
 /// A pod: its sidecar and the agent behind it (gone while a chaos fault has killed the pod).
@@ -79,6 +83,8 @@ impl LocalPod {
 
 /// A running embedded mesh. Dropping it kills every Envoy and agent it started.
 pub struct LocalMesh {
+    /// Prometheus beside the mesh (`observe`).
+    prometheus: Option<crate::prometheus::Prometheus>,
     /// The manifests last applied (chaos faults are overlaid on them, never written into them).
     declared: Mutex<Manifests>,
     /// The model of what the proxies run now (declared + faults).
@@ -137,6 +143,18 @@ impl LocalMesh {
         let envoy = match &opts.envoy {
             Some(p) => p.clone(),
             None => crate::envoy::ensure()?,
+        };
+        let prometheus_binaries = if opts.observe {
+            let binaries = crate::prometheus::install::ensure()?;
+            if let Some(promtool) = &binaries.promtool {
+                crate::prometheus::server::check_rules(
+                    promtool,
+                    &model.manifests.prometheus_rules,
+                )?;
+            }
+            Some(binaries)
+        } else {
+            None
         };
         let thread = MeshThread::start()?;
         let block = Block::claim()?;
@@ -198,8 +216,14 @@ impl LocalMesh {
                 placement.ip, pod.name, pod.namespace, pod.namespace
             );
             let cluster = format!("{}.{}", pod.service, pod.namespace);
-            let proxy =
-                Proxy::spawn(&thread, &envoy, &pod.name, &node, &cluster, &dir, config).await?;
+            let id = ProxyId {
+                name: &pod.name,
+                node: &node,
+                cluster: &cluster,
+                dir: &dir,
+                stats: SocketAddr::new(placement.ip, STATS_PORT),
+            };
+            let proxy = Proxy::spawn(&thread, &envoy, &id, config).await?;
             pods.push(LocalPod {
                 ip: placement.ip,
                 control,
@@ -218,16 +242,14 @@ impl LocalMesh {
             "router~{}~istio-ingressgateway.{INGRESS_NAMESPACE}~{INGRESS_NAMESPACE}.svc.cluster.local",
             block.ingress_ip()
         );
-        let ingress = Proxy::spawn(
-            &thread,
-            &envoy,
-            "istio-ingressgateway",
-            &node,
-            "istio-ingressgateway.istio-system",
-            &ingress_dir,
-            ingress_config,
-        )
-        .await?;
+        let id = ProxyId {
+            name: "istio-ingressgateway",
+            node: &node,
+            cluster: "istio-ingressgateway.istio-system",
+            dir: &ingress_dir,
+            stats: SocketAddr::new(IpAddr::V4(block.ingress_ip()), STATS_PORT),
+        };
+        let ingress = Proxy::spawn(&thread, &envoy, &id, ingress_config).await?;
         let watched = pods
             .iter()
             .map(|p| p.proxy.watched())
@@ -235,7 +257,29 @@ impl LocalMesh {
             .collect();
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let deaths = proxy::watch(&thread, watched, stopping.clone());
+        let prometheus = match &prometheus_binaries {
+            Some(binaries) => {
+                let pod_ip = |p: &Pod| IpAddr::V4(block.pod_ip(&model, p));
+                let ingress_ip = IpAddr::V4(block.ingress_ip());
+                let targets = crate::prometheus::config::targets(&model, &pod_ip, ingress_ip);
+                let relabels = crate::prometheus::config::compat_relabels(&model, &pod_ip);
+                let scrape = crate::prometheus::config::prometheus_yml(&targets, relabels, &[]);
+                Some(
+                    crate::prometheus::Prometheus::start(
+                        &thread,
+                        binaries,
+                        &run.path.join("prometheus"),
+                        SocketAddr::new(ingress_ip, crate::prometheus::server::PROMETHEUS_PORT),
+                        scrape,
+                        &model.manifests.prometheus_rules,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
         let mesh = LocalMesh {
+            prometheus,
             declared: Mutex::new(model.manifests.clone()),
             model: Mutex::new(model),
             board: Mutex::new(faults::Board::default()),
@@ -449,6 +493,7 @@ impl LocalMesh {
             ca: self.ca_file.clone(),
             issuer_key: self.issuer_key.clone(),
             control: self.run.path.join(control::CONTROL_SOCKET),
+            prometheus: self.prometheus.as_ref().map(|p| p.url.clone()),
             ingress: IngressState {
                 http: port_of("HTTP"),
                 https: port_of("HTTPS"),

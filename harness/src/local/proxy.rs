@@ -22,6 +22,19 @@ pub(crate) struct Process {
     expected_exit: AtomicBool,
 }
 
+/// Who a proxy is and where it keeps its files.
+#[derive(Clone, Copy)]
+pub(crate) struct ProxyId<'a> {
+    pub name: &'a str,
+    /// Envoy's node id and cluster (Istio's `sidecar~IP~POD.NS~NS.svc.cluster.local` form).
+    pub node: &'a str,
+    pub cluster: &'a str,
+    /// Its private directory: bootstrap, xDS files, admin socket, log.
+    pub dir: &'a Path,
+    /// Where its metrics listener binds (the pod address, Istio's port 15090).
+    pub stats: std::net::SocketAddr,
+}
+
 /// One running proxy.
 pub(crate) struct Proxy {
     pub name: String,
@@ -40,17 +53,21 @@ impl Proxy {
     pub async fn spawn(
         thread: &MeshThread,
         envoy: &Path,
-        name: &str,
-        node: &str,
-        cluster: &str,
-        dir: &Path,
+        id: &ProxyId<'_>,
         config: EnvoyConfig,
     ) -> Result<Proxy> {
+        let ProxyId {
+            name,
+            node,
+            cluster,
+            dir,
+            stats,
+        } = *id;
         write_xds(dir, &config, 1)?;
         let admin = dir.join(ADMIN_SOCKET);
         std::fs::write(
             dir.join("bootstrap.json"),
-            serde_json::to_vec_pretty(&bootstrap(node, cluster, &admin, dir))?,
+            serde_json::to_vec_pretty(&bootstrap(node, cluster, &admin, dir, stats))?,
         )
         .context("writing bootstrap")?;
         let child = start(thread, envoy, name, dir).await?;
@@ -145,6 +162,9 @@ async fn start(thread: &MeshThread, envoy: &Path, name: &str, dir: &Path) -> Res
             "warn",
             "--drain-time-s",
             "1",
+            // Access logs reach the log file within a second (Envoy's default is 10 s).
+            "--file-flush-interval-msec",
+            "1000",
         ])
         .args(["--service-node", name]);
     let (label, log) = (format!("envoy ({name})"), dir.join("envoy.log"));

@@ -20,6 +20,9 @@ pub struct State {
     pub issuer_key: PathBuf,
     /// The mesh's control socket (live changes and chaos faults from other processes).
     pub control: PathBuf,
+    /// Prometheus' URL when the mesh runs with it (`up --observe`).
+    #[serde(default)]
+    pub prometheus: Option<String>,
     pub ingress: IngressState,
     pub pods: Vec<PodState>,
 }

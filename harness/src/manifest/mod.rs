@@ -6,6 +6,7 @@
 
 pub mod istio;
 pub mod kube;
+pub mod observability;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,12 @@ pub struct Manifests {
     pub virtual_services: Vec<Resource<istio::VirtualServiceSpec>>,
     pub gateways: Vec<Resource<istio::GatewaySpec>>,
     pub envoy_filters: Vec<Resource<istio::EnvoyFilterSpec>>,
+    #[serde(default)]
+    pub prometheus_rules: Vec<Resource<observability::PrometheusRuleSpec>>,
+    #[serde(default)]
+    pub telemetries: Vec<Resource<observability::TelemetrySpec>>,
+    #[serde(default)]
+    pub istio_operators: Vec<Resource<observability::IstioOperatorSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -182,10 +189,15 @@ impl Manifests {
             }
             ("networking.istio.io", "Gateway") => self.gateways.push(typed(origin, doc)?),
             ("networking.istio.io", "EnvoyFilter") => self.envoy_filters.push(typed(origin, doc)?),
+            ("monitoring.coreos.com", "PrometheusRule") => {
+                self.prometheus_rules.push(typed(origin, doc)?)
+            }
+            ("telemetry.istio.io", "Telemetry") => self.telemetries.push(typed(origin, doc)?),
+            ("install.istio.io", "IstioOperator") => self.istio_operators.push(typed(origin, doc)?),
             _ => {
                 return Err(origin.error(
                     "kind",
-                    format!("unsupported resource {api}/{kind}: meshtest translates Namespace, ServiceAccount, Deployment, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway and EnvoyFilter"),
+                    format!("unsupported resource {api}/{kind}: meshtest translates Namespace, ServiceAccount, Deployment, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway, EnvoyFilter, Telemetry, IstioOperator (meshConfig) and PrometheusRule"),
                 ));
             }
         }

@@ -281,6 +281,17 @@ impl Target for LocalTarget {
         }
     }
 
+    fn prometheus_url(&self) -> Option<String> {
+        self.state.prometheus.clone()
+    }
+
+    async fn proxy_log(&self, proxy: &str) -> Result<String> {
+        // The proxy's log sits beside its admin socket in its private directory.
+        let admin = self.admin(proxy)?;
+        let log = admin.with_file_name("envoy.log");
+        std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))
+    }
+
     fn ingress_url(&self, https: bool) -> Option<String> {
         let ingress = &self.state.ingress;
         if https {

@@ -168,6 +168,15 @@ pub trait Target: Send + Sync {
     /// The ingress gateway's base URL (http://HOST:PORT or https://...), for load generation.
     fn ingress_url(&self, https: bool) -> Option<String>;
 
+    /// The Prometheus that scrapes this mesh (http://HOST:PORT), if there is one.
+    fn prometheus_url(&self) -> Option<String> {
+        None
+    }
+
+    /// A proxy's container log (Envoy's stdout and stderr, so its access log lines): `proxy`
+    /// is a pod name, or "istio-ingressgateway".
+    async fn proxy_log(&self, proxy: &str) -> Result<String>;
+
     /// The manifests the mesh was deployed from.
     fn manifests(&self) -> Manifests;
 

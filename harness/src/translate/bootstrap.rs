@@ -1,5 +1,6 @@
 //! The static bootstrap of a local Envoy: admin, runtime, and filesystem xDS for the rest.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -7,9 +8,20 @@ use serde_json::{Value, json};
 pub const LDS_FILE: &str = "lds.json";
 pub const CDS_FILE: &str = "cds.json";
 
+/// Istio's port for a proxy's merged Prometheus metrics (`:15090/stats/prometheus`).
+pub const STATS_PORT: u16 = 15090;
+
 /// Envoy reloads LDS/CDS when a file in `xds_dir` is replaced by a rename. The admin API
-/// listens on the Unix socket `admin` (mode 0600, in the private run directory), never on TCP.
-pub fn bootstrap(node_id: &str, cluster: &str, admin: &Path, xds_dir: &Path) -> Value {
+/// listens on the Unix socket `admin` (mode 0600, in the private run directory), never on TCP;
+/// `stats` (the pod address at [`STATS_PORT`]) serves only `GET /stats/prometheus` from it, as
+/// Istio's sidecars do, so Prometheus can scrape without reaching the admin API.
+pub fn bootstrap(
+    node_id: &str,
+    cluster: &str,
+    admin: &Path,
+    xds_dir: &Path,
+    stats: SocketAddr,
+) -> Value {
     let source = |file: &str| {
         json!({
             "resource_api_version": "V3",
@@ -20,6 +32,7 @@ pub fn bootstrap(node_id: &str, cluster: &str, admin: &Path, xds_dir: &Path) -> 
         "node": {"id": node_id, "cluster": cluster},
         "admin": {"address": {"pipe": {"path": admin, "mode": 0o600}}},
         "dynamic_resources": {"lds_config": source(LDS_FILE), "cds_config": source(CDS_FILE)},
+        "static_resources": stats_listener(admin, stats),
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
             "typed_config": {
@@ -31,5 +44,34 @@ pub fn bootstrap(node_id: &str, cluster: &str, admin: &Path, xds_dir: &Path) -> 
             // Chaos and tests flip runtime keys (e.g. fault percentages) through /runtime_modify.
             {"name": "admin", "admin_layer": {}},
         ]},
+    })
+}
+
+/// The read-only metrics listener and the cluster that reaches the admin socket.
+fn stats_listener(admin: &Path, at: SocketAddr) -> Value {
+    let route = json!({
+        "match": {"path": "/stats/prometheus", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+        "route": {"cluster": "prometheus_stats"},
+    });
+    json!({
+        "listeners": [{
+            "name": "prometheus_stats",
+            "address": {"socket_address": {"address": at.ip().to_string(), "port_value": at.port()}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "prometheus_stats",
+                    "route_config": {"virtual_hosts": [{"name": "stats", "domains": ["*"], "routes": [route]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                },
+            }]}],
+        }],
+        "clusters": [{
+            "name": "prometheus_stats",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "prometheus_stats", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": admin}}}}]}]},
+        }],
     })
 }

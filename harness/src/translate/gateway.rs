@@ -12,6 +12,7 @@ use crate::manifest::istio::GatewaySpec;
 use crate::model::{MeshModel, Workload, labels_match};
 
 use super::proxy::http_connection_manager;
+use super::telemetry::{self, Reporter};
 use super::virtual_service;
 
 /// Where a Gateway server's port listens locally, and the server certificate for a
@@ -39,6 +40,7 @@ pub fn listeners(
 ) -> Result<Vec<Value>, InputError> {
     let mut listeners = Vec::new();
     let mut seen_ports = Vec::new();
+    let access_log = telemetry::access_logs(model, workload, &Reporter::Source { pod: None })?;
     for gw in gateways_for(model, workload) {
         let hosts = virtual_service::gateway_virtual_hosts(model, gw.name(), gw.namespace())?;
         for (i, server) in gw.spec.servers.iter().enumerate() {
@@ -54,8 +56,13 @@ pub fn listeners(
             let addr = placement.listen(port);
             let stat = format!("outbound_0.0.0.0_{port}");
             let route_config = json!({"name": format!("http.{port}"), "virtual_hosts": hosts, "validate_clusters": false});
-            let hcm =
-                http_connection_manager(&stat, route_config, http_filters.to_vec(), "SANITIZE_SET");
+            let hcm = http_connection_manager(
+                &stat,
+                route_config,
+                http_filters.to_vec(),
+                "SANITIZE_SET",
+                access_log.clone(),
+            );
             let mut chain = json!({"filters": [hcm]});
             match (server.port.protocol.as_str(), &server.tls) {
                 ("HTTP", None) => {}

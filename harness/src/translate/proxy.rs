@@ -12,6 +12,7 @@ use crate::model::{MeshModel, Pod, Workload};
 use super::envoy_filter::{self, Context};
 use super::gateway::{self, GatewayPlacement};
 use super::peer_authentication::{self, ISTIO_ALPNS};
+use super::telemetry::{self, Reporter};
 use super::virtual_service::{self, FAULT_FILTER};
 use super::{
     CertFiles, Endpoints, EnvoyConfig, authorization_policy, destination_rule,
@@ -50,6 +51,7 @@ pub fn http_connection_manager(
     route_config: Value,
     http_filters: Vec<Value>,
     xfcc: &str,
+    access_log: Vec<Value>,
 ) -> Value {
     let mut hcm = json!({
         "@type": HCM_TYPE,
@@ -58,6 +60,7 @@ pub fn http_connection_manager(
         "route_config": route_config,
         "http_filters": http_filters,
         "forward_client_cert_details": xfcc,
+        "access_log": access_log,
     });
     if xfcc == "APPEND_FORWARD" {
         hcm["set_current_client_cert_details"] = json!({"subject": true, "uri": true, "dns": true});
@@ -113,11 +116,20 @@ pub fn sidecar(
     peer_authentication::validate(&model.manifests)?;
     let workload = Workload::of(pod);
     let inbound_filters = http_filters(model, &workload, Context::SidecarInbound, vec![])?;
+    let inbound_logs = telemetry::access_logs(model, &workload, &Reporter::Destination { pod })?;
+    let outbound_logs =
+        telemetry::access_logs(model, &workload, &Reporter::Source { pod: Some(pod) })?;
     let mut listeners = Vec::new();
     let mut clusters = destination_rule::outbound_clusters(model, &placement.certs, endpoints)?;
     for &port in &pod.ports {
         let mode = peer_authentication::effective_mode(&model.manifests, &workload, port);
-        listeners.push(inbound_listener(placement, port, mode, &inbound_filters));
+        listeners.push(inbound_listener(
+            placement,
+            port,
+            mode,
+            &inbound_filters,
+            &inbound_logs,
+        ));
         clusters.push(json!({
             "name": inbound_cluster_name(port),
             "type": "STATIC",
@@ -135,7 +147,7 @@ pub fn sidecar(
     listeners.push(json!({
         "name": "virtualOutbound",
         "address": pipe_address(&placement.outbound),
-        "filter_chains": [{"filters": [http_connection_manager("outbound_0.0.0.0", outbound_routes, outbound_filters, "SANITIZE_SET")]}],
+        "filter_chains": [{"filters": [http_connection_manager("outbound_0.0.0.0", outbound_routes, outbound_filters, "SANITIZE_SET", outbound_logs)]}],
     }));
     Ok(EnvoyConfig {
         listeners,
@@ -149,6 +161,7 @@ fn inbound_listener(
     port: u16,
     mode: crate::manifest::istio::MtlsMode,
     filters: &[Value],
+    access_log: &[Value],
 ) -> Value {
     let chains = peer_authentication::chains(mode);
     let routes = json!({
@@ -157,7 +170,15 @@ fn inbound_listener(
             "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": inbound_cluster_name(port), "timeout": "0s"}}]}],
     });
     let stat = format!("inbound_0.0.0.0_{port}");
-    let hcm = || http_connection_manager(&stat, routes.clone(), filters.to_vec(), "APPEND_FORWARD");
+    let hcm = || {
+        http_connection_manager(
+            &stat,
+            routes.clone(),
+            filters.to_vec(),
+            "APPEND_FORWARD",
+            access_log.to_vec(),
+        )
+    };
     let mut filter_chains = Vec::new();
     if chains.mtls {
         let mut chain_match = json!({"transport_protocol": "tls"});

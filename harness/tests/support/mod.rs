@@ -26,6 +26,7 @@ pub async fn start(dir: &Path) -> LocalTarget {
     let opts = LocalOptions {
         mesh_dir: dir.to_path_buf(),
         envoy: None,
+        observe: false,
     };
     let mesh = LocalMesh::start(&opts)
         .await

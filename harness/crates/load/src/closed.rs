@@ -41,6 +41,9 @@ async fn worker(lane: Arc<Lane>, stop: Stop, issued: Arc<AtomicU64>) {
         Stop::Requests(_) => shared.measure_start,
     };
     loop {
+        if shared.cancelled() {
+            break;
+        }
         if begin >= shared.measure_start {
             let more = match stop {
                 Stop::Duration(_) => begin < end,

@@ -101,6 +101,7 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
         measure_start,
         timeout: plan.timeout,
         timeline: Mutex::new(Timeline::default()),
+        cancel: plan.cancel.clone(),
     });
     let lanes: Vec<Arc<Lane>> = (0..threads)
         .map(|i| Arc::new(Lane::new(i, shared.clone())))

@@ -28,6 +28,14 @@ pub struct Shared {
     pub measure_start: Instant,
     pub timeout: Duration,
     pub timeline: Mutex<Timeline>,
+    /// The plan's cancel flag: once set, no request starts.
+    pub cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Shared {
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A lane's measurements; locked by its own thread only (uncontended), and

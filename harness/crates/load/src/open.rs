@@ -134,6 +134,11 @@ impl OpenLane {
     /// Hands every due request to a slot; says what to wait for next.
     fn assign_due(self: &Arc<Self>, now: Instant, slots: &mut JoinSet<()>) -> Next {
         loop {
+            if self.lane.shared.cancelled() {
+                // Everything left counts as claimed, so idle slots exit too.
+                self.next.fetch_max(self.count, Relaxed);
+                return Next::Done;
+            }
             let j = self.next.load(Relaxed);
             if j >= self.count {
                 return Next::Done;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -108,6 +109,9 @@ pub struct LoadPlan {
     pub threads: Option<usize>,
     /// Open loop: least time between two send rounds of a thread.
     pub send_batch: Duration,
+    /// Set it to end the run early: no request starts after it is set (the generator
+    /// threads outlive an aborted future, so a caller that gives up must say so here).
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for LoadPlan {
@@ -270,6 +274,7 @@ impl LoadPlan {
             thresholds,
             threads: args.threads,
             send_batch,
+            cancel: Arc::new(AtomicBool::new(false)),
         };
         if client == ClientChoice::Fast && !crate::http1::eligible(&plan) {
             return Err(LoadError::input(

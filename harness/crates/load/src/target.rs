@@ -76,6 +76,9 @@ pub fn parse_target(url: &str) -> Result<Target> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
+    if bare.is_empty() {
+        return Err(bad("missing host"));
+    }
     // Always carry a path so HTTP/1 origin-form and HTTP/2 :path are valid.
     let uri = if uri.path_and_query().is_none() {
         Uri::builder()
@@ -106,6 +109,16 @@ mod tests {
         match crate::LoadPlan::from_args(&a) {
             Err(LoadError::Input(m)) => m,
             other => panic!("expected input error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_brackets_are_no_host() {
+        for bad in ["http://[]", "http://[]:8080/"] {
+            assert!(
+                matches!(parse_target(bad), Err(LoadError::Input(m)) if m.contains("missing host")),
+                "{bad}"
+            );
         }
     }
 

@@ -8,6 +8,7 @@ mod fault_injection;
 mod jwt;
 mod latency;
 mod mtls;
+mod observability;
 mod outlier;
 mod rate_limit;
 mod resilience;

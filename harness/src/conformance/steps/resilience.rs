@@ -138,6 +138,7 @@ async fn background_load(
     let jwt = token(w, &TokenSpec::new(&tenant, Tier::Enterprise)).await;
     args.headers.push(format!("authorization: Bearer {jwt}"));
     let plan = LoadPlan::from_args(&args).unwrap_or_else(|e| unchecked!("load plan: {e}"));
+    w.load_cancels.push(plan.cancel.clone());
     w.chaos_load_path = Some(path.clone());
     w.marks.insert("load".into(), Instant::now());
     w.chaos_load = Some(tokio::spawn(async move {

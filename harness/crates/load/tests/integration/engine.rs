@@ -277,3 +277,32 @@ async fn a_generator_that_cannot_keep_up_says_so() {
     let rate = r.saturation.rate.unwrap();
     assert!(rate > 0.0 && rate < 1_000_000.0, "{rate}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_sending_in_both_loops() {
+    let srv = server::start(Behaviour::default()).await;
+    for open in [true, false] {
+        let p = plan(&srv.url("/"), |a| {
+            if open {
+                a.rate = Some(200.0);
+            } else {
+                a.connections = Some(2);
+            }
+            a.duration = Some("30s".into());
+        });
+        let cancel = p.cancel.clone();
+        let started = std::time::Instant::now();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let r = run(&p).await.unwrap();
+        stopper.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "open={open}: ran {:?} after the cancel",
+            started.elapsed()
+        );
+        assert!(r.recorder.total() > 0, "open={open}: nothing was sent");
+    }
+}

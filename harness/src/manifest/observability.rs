@@ -1,0 +1,126 @@
+//! Observability resources: the Prometheus Operator's PrometheusRule, Istio's Telemetry, and
+//! the part of an IstioOperator's mesh config that shapes telemetry (access log providers).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::istio::WorkloadSelector;
+
+// ---- monitoring.coreos.com ----
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusRuleSpec {
+    pub groups: Vec<RuleGroup>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleGroup {
+    pub name: String,
+    /// Evaluation interval ("15s"); the Prometheus global one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+/// A recording rule (`record`) or an alerting rule (`alert`), as Prometheus reads them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
+    pub expr: String,
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_firing_for: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+// ---- telemetry.istio.io ----
+
+/// Istio's Telemetry: access logging is translated; tracing and metrics overrides are not yet
+/// (they are refused as unknown fields rather than silently dropped).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetrySpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub access_logging: Vec<AccessLogging>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogging {
+    #[serde(default)]
+    pub providers: Vec<ProviderRef>,
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderRef {
+    pub name: String,
+}
+
+// ---- install.istio.io ----
+
+/// An IstioOperator: only `spec.meshConfig` changes what the proxies do; the installation
+/// settings (profile, components, values, hub, tag, revision) do not and are not read.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioOperatorSpec {
+    #[serde(default)]
+    pub mesh_config: MeshConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfig {
+    #[serde(default)]
+    pub extension_providers: Vec<ExtensionProvider>,
+    #[serde(default)]
+    pub default_providers: Option<DefaultProviders>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultProviders {
+    #[serde(default)]
+    pub access_logging: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtensionProvider {
+    pub name: String,
+    #[serde(default)]
+    pub envoy_file_access_log: Option<FileAccessLog>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileAccessLog {
+    pub path: String,
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `text` (a format string) or `labels` (JSON keys to Envoy command operators).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogFormat {
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
