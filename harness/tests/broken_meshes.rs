@@ -621,15 +621,23 @@ breaks! {
         edit: |t| t.replace("        > 0.05\n", "        > 0.5\n"),
         feature: "observability.feature",
         slow: false,
-        scenarios: &["The error-rate alert stays quiet at 3% errors, fires at 8%, and resolves when the errors stop"],
+        scenarios: &["The alerts page at the seed's thresholds"],
     };
     error_alert_threshold_10x_low: Break {
         what: "the error-rate alert's threshold is 0.5%, not 5%",
         file: "observability.yaml",
         edit: |t| t.replace("        > 0.05\n", "        > 0.005\n"),
         feature: "observability.feature",
-        slow: false,
+        slow: true,
         scenarios: &["The error-rate alert stays quiet at 3% errors, fires at 8%, and resolves when the errors stop"],
+    };
+    latency_alert_threshold_doubled: Break {
+        what: "the latency alert pages above 2 s, not 1 s",
+        file: "observability.yaml",
+        edit: |t| t.replace("        > 1000\n", "        > 2000\n"),
+        feature: "observability.feature",
+        slow: false,
+        scenarios: &["The alerts page at the seed's thresholds"],
     };
     error_alert_on_clean_traffic: Break {
         what: "the error-rate alert counts 2xx answers as errors",

@@ -195,6 +195,21 @@ fn bad_profiles_are_refused_with_file_line_and_field() {
         21,
         "method[0].duration",
     );
+    // Alerts must be ones the mesh's PrometheusRules declare.
+    assert_refused(
+        |t| {
+            format!(
+                "{t}alerts:\n  expect:\n  - name: PyAirtableHighErrorRate\n    within: 30s\n  forbid:\n  - NoSuchAlert\n"
+            )
+        },
+        38,
+        "alerts.forbid[0]",
+    );
+    assert_refused(
+        |t| format!("{t}alerts:\n  expect:\n  - name: PyAirtableHighErrorRat\n    within: 30s\n"),
+        35,
+        "alerts.expect[0].name",
+    );
 }
 
 #[test]
@@ -372,4 +387,53 @@ fn every_profile_holds_on_the_intact_mesh() {
             );
         }
     }
+}
+
+/// A slow control plane: pushes to api-gateway-0 arrive 2 s late while a route fault is
+/// pushed. The delayed push shows (a push was held back) and the route fault's apply waits it out.
+const DELAYED_PUSH: &str = r##"name: slow-control-plane
+description: pushes to api-gateway-0 arrive 2 s late while a route fault is pushed
+load:
+  rate: 10
+  routes:
+  - path: /api/v1/airtable/bases
+    token: {tenant: slow-control-plane}
+phases: {before: 1s, after: 1s}
+method:
+- name: pushes to api-gateway-0 arrive late
+  duration: 8s
+  target: {pods: [api-gateway-0]}
+  fault: {delayed-push: {delay: 2s}}
+- name: a route fault pushed meanwhile
+  at: 1s
+  duration: 4s
+  fault: {route-fault: {virtual_service: airtable-gateway, route: "#0", delay: {fixed: 10ms, percent: 50%}}}
+"##;
+
+#[test]
+fn a_delayed_push_holds_back_the_config_pushed_while_it_lasts() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("slow-control-plane.yaml");
+    std::fs::write(&profile, DELAYED_PUSH).unwrap();
+    let report = dir.path().join("report");
+    let (out, explain) = meshtest(
+        &dir.path().join("state"),
+        &[
+            "chaos",
+            "--profile",
+            profile.to_str().unwrap(),
+            "--report-dir",
+            report.to_str().unwrap(),
+            "--no-progress",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{explain}");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("summary.json")).unwrap()).unwrap();
+    let (slow, route) = (&s["faults"][0], &s["faults"][1]);
+    assert_eq!(slow["verified"], true, "{explain}");
+    assert!(
+        route["apply_ms"].as_u64().is_some_and(|ms| ms >= 2000),
+        "the route fault's push did not wait for the delayed proxy: {route}\n{explain}"
+    );
 }

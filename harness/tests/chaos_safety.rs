@@ -171,7 +171,8 @@ impl World {
     /// `meshtest up` in the background until it prints "ready".
     fn up(&self) -> UpProcess {
         let mesh = pyairtable_dir();
-        let args = ["up", "--mesh", mesh.to_str().unwrap()];
+        // With Prometheus, so the suite that follows the chaos runs includes observability.
+        let args = ["up", "--observe", "--mesh", mesh.to_str().unwrap()];
         let child = self
             .command(&args)
             .stdout(Stdio::piped())

@@ -302,7 +302,9 @@ pub fn gateway_errors(i: &crate::target::injection::Injection) -> bool {
         Injection::Network { fault, .. } => {
             matches!(fault, NetworkFault::Reset | NetworkFault::Blackhole)
         }
-        Injection::RouteFault { .. } | Injection::RejectedPush { .. } => false,
+        Injection::RouteFault { .. }
+        | Injection::RejectedPush { .. }
+        | Injection::DelayedPush { .. } => false,
     }
 }
 

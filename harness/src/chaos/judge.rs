@@ -67,6 +67,9 @@ pub fn judge(x: &Experiment, traffic: &Traffic, record: &mut Record) -> ChaosVer
         )),
         None => {}
     }
+    for j in super::alerts::judge(&x.profile.alerts, record) {
+        out.push(("alerts".into(), j));
+    }
     if let Some((from, to)) = record.after {
         out.push((
             "after".into(),

@@ -3,6 +3,7 @@
 //! the steady state and what the profile expects (HOLDS / BROKEN / UNCHECKED, or ABORTED and
 //! REVERT_FAILED).
 
+pub mod alerts;
 pub mod expect;
 mod guard;
 pub mod journal;

@@ -83,6 +83,7 @@ fn observed_as(kind: &str, n: u64) -> String {
         "pod-kill" => "the sidecar is gone".into(),
         "pod-pause" => "the sidecar is stopped".into(),
         "rejected-push" => format!("Envoy rejected {n} config updates"),
+        "delayed-push" => format!("{n} config pushes were held back"),
         _ => format!("observed {n}"),
     }
 }

@@ -276,6 +276,10 @@ fn injections(
             })
         }
         FaultSpec::RejectedPush(_) => per_pod(&|pod| Injection::RejectedPush { proxy: pod.into() }),
+        FaultSpec::DelayedPush(d) => per_pod(&|pod| Injection::DelayedPush {
+            proxy: pod.into(),
+            delay_ms: d.delay.0.as_millis() as u64,
+        }),
         FaultSpec::RouteFault(r) => vec![(
             format!("{id}.1"),
             Injection::RouteFault {
@@ -494,6 +498,7 @@ pub fn verified_by(kind: &str) -> &'static str {
         "network" => "connections through the fault proxy",
         "certificate" => "peers' TLS failures (ssl.fail_verify_*, ssl.connection_error)",
         "rejected-push" => "Envoy's listener_manager.lds.update_rejected",
+        "delayed-push" => "a config push held back (needs a config change while it is in force)",
         _ => "the data plane",
     }
 }

@@ -74,6 +74,9 @@ pub struct Profile {
     pub method: Vec<Spanned<Step>>,
     #[serde(default)]
     pub abort: AbortRules,
+    /// Alerts of the mesh's PrometheusRules that must fire (and how soon), or must not.
+    #[serde(default)]
+    pub alerts: super::alerts::AlertSpec,
     /// Observers' questions to answer in the retro (game days).
     #[serde(default)]
     pub questions: Vec<String>,
@@ -341,6 +344,15 @@ pub enum FaultSpec {
     Certificate(CertificateSpec),
     /// A config push the target's Envoy must reject.
     RejectedPush(Empty),
+    /// Config pushes to the target's Envoy arrive late (a slow control plane).
+    DelayedPush(DelayedPushSpec),
+}
+
+/// `delayed-push: {delay: 5s}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayedPushSpec {
+    pub delay: Dur,
 }
 
 impl FaultSpec {
@@ -353,6 +365,7 @@ impl FaultSpec {
             FaultSpec::Network(_) => "network",
             FaultSpec::Certificate(_) => "certificate",
             FaultSpec::RejectedPush(_) => "rejected-push",
+            FaultSpec::DelayedPush(_) => "delayed-push",
         }
     }
 }

@@ -137,6 +137,7 @@ pub fn summary(
         "faults": faults,
         "abort": r.abort,
         "recovery": r.recovery,
+        "alerts": super::alerts::summary(&x.profile.alerts, r),
         "left_behind": r.left_behind,
         "interrupted": r.interrupted,
         "error": r.error,
@@ -203,6 +204,19 @@ pub fn html(s: &Value) -> String {
                 label: format!("{} {}", f["id"].as_str()?, f["name"].as_str()?),
             })
         })
+        .chain(
+            s["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| {
+                    Some(Band {
+                        from: a["fired_at_s"].as_f64()?,
+                        to: a["resolved_at_s"].as_f64().unwrap_or(t_max),
+                        label: format!("alert {} firing", a["name"].as_str()?),
+                    })
+                }),
+        )
         .collect();
     let point = |sec: &Value, key: &str, scale: f64| -> Option<(f64, f64)> {
         Some((sec["t"].as_f64()? + 0.5, sec[key].as_f64()? * scale))

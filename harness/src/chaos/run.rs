@@ -124,6 +124,8 @@ pub struct Record {
     pub after: Option<(u64, u64)>,
     /// Fault ids the target still held at the end.
     pub left_behind: Vec<String>,
+    /// The mesh's alerts that fired during the run (when the profile names alerts).
+    pub alerts: Vec<super::alerts::Firing>,
     pub end_s: f64,
 }
 
@@ -211,6 +213,15 @@ pub async fn run(
     let keeper = x.keeps_leases.then(|| spawn_keeper(x.target.clone()));
     let probes = Arc::new(Mutex::new(Vec::new()));
     let prober = spawn_prober(x.clone(), probes.clone(), shared.clone(), limit).await;
+    let alert_watch = match (x.profile.alerts.is_empty(), x.target.prometheus_url()) {
+        (false, Some(url)) => Some(super::alerts::spawn_watch(
+            crate::prometheus::PrometheusApi::new(&url)?,
+            shared.clone(),
+            start,
+            limit,
+        )),
+        _ => None,
+    };
     let core = Core {
         x: x.clone(),
         ledger: ledger.clone(),
@@ -258,6 +269,10 @@ pub async fn run(
     if let Some(k) = keeper {
         k.abort();
     }
+    if let Some(w) = alert_watch {
+        w.abort();
+    }
+    shared.lock().expect("shared lock").record.end_s = start.elapsed().as_secs_f64();
     let verdict = super::judge::judge(
         &x,
         &traffic,

@@ -109,6 +109,7 @@ pub fn profile(p: &Profile, model: &MeshModel) -> Result<(), InputError> {
         self::step(&cx, i, step)?;
     }
     abort(&cx)?;
+    super::alerts::validate(&p.alerts, model, &p.file)?;
     Ok(())
 }
 
@@ -289,7 +290,10 @@ fn step(cx: &Ctx, i: usize, spanned: &Spanned<Step>) -> Result<(), InputError> {
             );
         }
         (Some(sel), true) => {
-            let ingress_ok = matches!(s.fault, FaultSpec::RejectedPush(_));
+            let ingress_ok = matches!(
+                s.fault,
+                FaultSpec::RejectedPush(_) | FaultSpec::DelayedPush(_)
+            );
             selector(cx, line, &f("target"), sel, ingress_ok)?;
         }
         (None, false) => {}
@@ -411,6 +415,15 @@ fn fault(cx: &Ctx, line: u64, field: &str, s: &Step) -> Result<(), InputError> {
             }
         }
         FaultSpec::PodPause(_) | FaultSpec::RejectedPush(_) => {}
+        FaultSpec::DelayedPush(d) => {
+            if d.delay.0.is_zero() || d.delay.0 > std::time::Duration::from_secs(60) {
+                return cx.err(
+                    line,
+                    &format!("{field}.delayed-push.delay"),
+                    "more than 0 and at most 60s (a push holds every later change back)",
+                );
+            }
+        }
         FaultSpec::RouteFault(r) => {
             let vs = cx
                 .model

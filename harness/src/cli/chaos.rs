@@ -163,6 +163,17 @@ pub async fn chaos(a: ChaosArgs) -> Result<u8> {
         .field("abort.max_pods")
         .into());
     }
+    if !profile.alerts.is_empty()
+        && let Some(state) = &attached
+        && state.prometheus.is_none()
+    {
+        return Err(InputError::new(
+            &file,
+            "the profile judges alerts, and the attached mesh runs without Prometheus: start it with `meshtest up --observe`",
+        )
+        .field("alerts")
+        .into());
+    }
     if a.dry_run {
         print!("{}", plan::describe(&plan, &profile));
         println!("preflight:");
@@ -198,7 +209,8 @@ pub async fn chaos(a: ChaosArgs) -> Result<u8> {
                 let mesh = LocalMesh::start(&LocalOptions {
                     mesh_dir: mesh_dir.clone(),
                     envoy: None,
-                    observe: false,
+                    // Prometheus only when the profile judges the mesh's alerts.
+                    observe: !profile.alerts.is_empty(),
                 })
                 .await?;
                 (Arc::new(LocalTarget::owning(mesh, &mesh_dir)?), true, None)

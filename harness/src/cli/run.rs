@@ -90,13 +90,21 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     let tag_text = runner::default_tags(a.tags, a.slow);
     let selection = runner::Selection::parse(tag_text.as_deref(), a.name.as_deref())?;
     validate::selects_something(&parsed, &selection)?;
+    let observe = validate::selects_tagged(&parsed, &selection, OBSERVABILITY_TAG);
+    if observe && attached.as_ref().is_some_and(|s| s.prometheus.is_none()) {
+        return Err(InputError::new(
+            "--attach",
+            "the selected scenarios tagged @observability query Prometheus, and the attached mesh runs without it: start it with `meshtest up --observe`, or leave them out with --tags 'not @observability'",
+        )
+        .into());
+    }
     let target: Arc<dyn Target> = match attached {
         Some(state) => Arc::new(LocalTarget::attach(state)?),
         None => {
             let mesh = LocalMesh::start(&LocalOptions {
                 mesh_dir: mesh_dir.clone(),
                 envoy: None,
-                observe: validate::selects_tagged(&parsed, &selection, OBSERVABILITY_TAG),
+                observe,
             })
             .await?;
             Arc::new(LocalTarget::owning(mesh, &mesh_dir)?)

@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -33,6 +35,8 @@ struct Active {
     restart_at: Option<Instant>,
     /// Rejected pushes: the proxy's rejected-update count before the push.
     rejected_before: u64,
+    /// Delayed pushes: how many pushes were held back while it was in force.
+    held: Arc<AtomicU64>,
 }
 
 /// What the active faults change in the config the mesh pushes.
@@ -44,6 +48,8 @@ pub(crate) struct Overlay {
     pub certs: HashMap<String, CertFiles>,
     /// Proxies whose next push is one Envoy must reject.
     pub rejected: HashSet<String>,
+    /// Proxies whose pushes wait this long, with the fault's count of pushes held back.
+    pub delayed: HashMap<String, (Duration, Arc<AtomicU64>)>,
 }
 
 impl LocalMesh {
@@ -74,6 +80,7 @@ impl LocalMesh {
             proxies: vec![],
             restart_at: None,
             rejected_before: 0,
+            held: Arc::new(AtomicU64::new(0)),
         };
         match injection {
             Injection::Workload { .. } => bail!("workload faults go to the agent, not the mesh"),
@@ -133,6 +140,10 @@ impl LocalMesh {
                     .ok_or_else(|| anyhow!("no proxy {proxy}"))?;
                 active.rejected_before = rejected_updates(&p.admin).await;
             }
+            Injection::DelayedPush { proxy, .. } => {
+                self.proxy(proxy)
+                    .ok_or_else(|| anyhow!("no proxy {proxy}"))?;
+            }
         }
         self.board.lock().expect("board lock").active.push(active);
         if needs_push(injection) {
@@ -176,7 +187,7 @@ impl LocalMesh {
 
     /// The faults the mesh holds, with how often traffic has met them.
     pub async fn injections(&self) -> Vec<ActiveInjection> {
-        let snapshot: Vec<(String, String, Injection, Instant, u64, u64)> = {
+        let snapshot: Vec<(String, String, Injection, Instant, u64, u64, u64)> = {
             let board = self.board.lock().expect("board lock");
             board
                 .active
@@ -194,14 +205,16 @@ impl LocalMesh {
                         a.expires,
                         through,
                         a.rejected_before,
+                        a.held.load(std::sync::atomic::Ordering::Relaxed),
                     )
                 })
                 .collect()
         };
         let mut out = Vec::new();
-        for (id, owner, injection, expires, through, rejected_before) in snapshot {
+        for (id, owner, injection, expires, through, rejected_before, held) in snapshot {
             let observed = match &injection {
                 Injection::Network { .. } => through,
+                Injection::DelayedPush { .. } => held,
                 // A killed or frozen pod is shown by its process.
                 Injection::PodKill { pod, .. } => self
                     .pod(pod)
@@ -377,6 +390,12 @@ impl LocalMesh {
                 }
                 Injection::RejectedPush { proxy } => {
                     overlay.rejected.insert(proxy.clone());
+                }
+                Injection::DelayedPush { proxy, delay_ms } => {
+                    overlay.delayed.insert(
+                        proxy.clone(),
+                        (Duration::from_millis(*delay_ms), a.held.clone()),
+                    );
                 }
                 _ => {}
             }

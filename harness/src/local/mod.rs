@@ -418,8 +418,23 @@ impl LocalMesh {
         if ingress != *self.ingress.written.lock().expect("written lock") {
             changed.push((&self.ingress, ingress));
         }
-        for (proxy, config) in &changed {
+        // Proxies under a delayed-push fault get their config last, after the delay.
+        let (late, on_time): (Vec<_>, Vec<_>) = changed
+            .iter()
+            .partition(|(proxy, _)| overlay.delayed.contains_key(&proxy.name));
+        for (proxy, config) in &on_time {
             proxy.write_config(config, version)?;
+        }
+        if let Some(delay) = late.iter().map(|(p, _)| overlay.delayed[&p.name].0).max() {
+            for (proxy, _) in &late {
+                overlay.delayed[&proxy.name]
+                    .1
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tokio::time::sleep(delay).await;
+            for (proxy, config) in &late {
+                proxy.write_config(config, version)?;
+            }
         }
         for proxy in self
             .all_proxies()

@@ -44,6 +44,26 @@ pub struct Rule {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// The line of the rule named `name` (`alert: NAME` or `record: NAME`) in the resource's file,
+/// at or after the resource's first line; the resource's own line when the file does not show it.
+pub fn rule_line(r: &super::Resource<PrometheusRuleSpec>, name: &str) -> u64 {
+    let found = std::fs::read_to_string(&r.origin.file)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .enumerate()
+                .skip(r.origin.line.saturating_sub(1) as usize)
+                .find(|(_, l)| {
+                    let l = l.trim_start().trim_start_matches("- ");
+                    (l.starts_with("alert:") || l.starts_with("record:"))
+                        && l.split_once(':')
+                            .is_some_and(|(_, v)| v.trim().trim_matches('"') == name)
+                })
+                .map(|(i, _)| i as u64 + 1)
+        });
+    found.unwrap_or(r.origin.line)
+}
+
 // ---- telemetry.istio.io ----
 
 /// Istio's Telemetry: access logging is translated; tracing and metrics overrides are not yet

@@ -77,20 +77,10 @@ fn refusal(r: &Resource<PrometheusRuleSpec>, promtool: &str) -> InputError {
         .map(|l| l.find("group \"").map_or(l, |i| &l[i..]))
         .collect();
     let detail = detail.join("; ");
-    let rule_line = detail.split('"').nth(3).and_then(|name| {
-        let text = std::fs::read_to_string(&r.origin.file).ok()?;
-        let at = text
-            .lines()
-            .enumerate()
-            .skip(r.origin.line as usize - 1)
-            .find(|(_, l)| {
-                let l = l.trim_start().trim_start_matches("- ");
-                (l.starts_with("alert:") || l.starts_with("record:"))
-                    && l.split_once(':')
-                        .is_some_and(|(_, v)| v.trim().trim_matches('"') == name)
-            })?;
-        Some(at.0 as u64 + 1)
-    });
+    let rule_line = detail
+        .split('"')
+        .nth(3)
+        .map(|name| crate::manifest::observability::rule_line(r, name));
     let mut e = r.origin.error(
         "spec.groups",
         format!("Prometheus refuses these rules: {detail}"),

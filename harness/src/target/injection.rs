@@ -39,6 +39,9 @@ pub enum Injection {
     Certificate { pod: String, cert: CertFault },
     /// A config push to `proxy` that Envoy must reject (it keeps serving its last good config).
     RejectedPush { proxy: String },
+    /// Every config push to `proxy` arrives `delay_ms` late (a slow or overloaded control
+    /// plane); shown by a push actually held back while the fault is in force.
+    DelayedPush { proxy: String, delay_ms: u64 },
 }
 
 /// What a fault proxy does to the bytes between two pods.
@@ -102,6 +105,9 @@ impl Injection {
             }
             Injection::Certificate { pod, cert } => format!("{pod}: certificate {cert:?}"),
             Injection::RejectedPush { proxy } => format!("{proxy}: a config push Envoy rejects"),
+            Injection::DelayedPush { proxy, delay_ms } => {
+                format!("{proxy}: config pushes arrive {delay_ms} ms late")
+            }
         }
     }
 
@@ -117,6 +123,7 @@ impl Injection {
             Injection::Network { .. } => "route the pods to each other directly again".into(),
             Injection::Certificate { pod, .. } => format!("give {pod} its own certificate back"),
             Injection::RejectedPush { proxy } => format!("push {proxy} its good config again"),
+            Injection::DelayedPush { proxy, .. } => format!("push to {proxy} without delay again"),
         }
     }
 
@@ -128,7 +135,9 @@ impl Injection {
             | Injection::PodPause { pod }
             | Injection::Certificate { pod, .. } => vec![pod.clone()],
             Injection::Network { to, .. } => to.clone(),
-            Injection::RouteFault { .. } | Injection::RejectedPush { .. } => vec![],
+            Injection::RouteFault { .. }
+            | Injection::RejectedPush { .. }
+            | Injection::DelayedPush { .. } => vec![],
         }
     }
 }

@@ -293,6 +293,59 @@ async fn no_alert_fired(w: &mut MeshWorld) {
     ));
 }
 
+/// The number an alert's expression compares against at its end (`... > 0.05`).
+fn threshold(expr: &str) -> Option<f64> {
+    let e = expr.trim();
+    let at = e.rfind(['>', '<'])?;
+    let number = e[at + 1..].trim_start_matches('=').trim();
+    number.parse().ok()
+}
+
+#[then("the mesh's alerts fire above these thresholds:")]
+async fn thresholds(w: &mut MeshWorld, step: &cucumber::gherkin::Step) {
+    let Some(table) = step.table.as_ref() else {
+        unchecked!("the step needs a table: | alert | threshold |");
+    };
+    let rules = w.target.manifests().prometheus_rules;
+    for row in table.rows.iter().skip(1) {
+        let (name, promised) = (&row[0], &row[1]);
+        let promised: f64 = promised
+            .parse()
+            .unwrap_or_else(|_| unchecked!("threshold {promised} of {name} is not a number"));
+        let Some((rule, at)) = rules.iter().find_map(|r| {
+            r.spec
+                .groups
+                .iter()
+                .flat_map(|g| g.rules.iter())
+                .find(|x| x.alert.as_deref() == Some(name.as_str()))
+                .map(|x| {
+                    let mut at = r.origin.clone();
+                    at.line = crate::manifest::observability::rule_line(r, name);
+                    (x.clone(), at)
+                })
+        }) else {
+            crate::broken!("no PrometheusRule declares the alert {name}");
+        };
+        let Some(declared) = threshold(&rule.expr) else {
+            unchecked!(
+                "cannot tell the threshold of {name} from its expression: {}",
+                rule.expr
+            );
+        };
+        promise!(
+            declared == promised,
+            "{name} ({}:{}) fires above {declared}, not the promised {promised}",
+            at.file.display(),
+            at.line
+        );
+        w.evidence(format!(
+            "{name}: fires above {declared} ({}:{})",
+            at.file.display(),
+            at.line
+        ));
+    }
+}
+
 #[given(regex = r"^every (?P<service>\S+) replica answers (\d+) to (\d+)% of requests$")]
 #[when(regex = r"^every (?P<service>\S+) replica answers (\d+) to (\d+)% of requests$")]
 async fn share_fails(w: &mut MeshWorld, service: String, status: u16, percent: u8) {
@@ -573,5 +626,19 @@ async fn access_logged(w: &mut MeshWorld, tenant: String) {
                 .map(|l| l[route_key.as_str()].as_str().unwrap_or(""))
                 .collect::<Vec<_>>()
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_threshold_an_alert_compares_against() {
+        assert_eq!(super::threshold("sum(a) / sum(b)\n> 0.05\n"), Some(0.05));
+        assert_eq!(
+            super::threshold("histogram_quantile(0.99, x) >= 1000"),
+            Some(1000.0)
+        );
+        assert_eq!(super::threshold("rate(x[20s]) > 0"), Some(0.0));
+        assert_eq!(super::threshold("up == 0 or absent(up)"), None);
     }
 }
