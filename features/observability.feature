@@ -10,7 +10,6 @@ Feature: Observability: the telemetry agrees with the truth, and the alerts fire
   Background:
     Given the mesh is running
     And Prometheus scrapes every proxy
-    And no alert is firing
 
   Scenario: Request counts agree exactly with what the load generator saw, and clean traffic raises no alert
     When 400 requests are sent through the ingress to /api/v1/airtable/bases at 40 per second as tenant observer on the enterprise tier
@@ -26,6 +25,7 @@ Feature: Observability: the telemetry agrees with the truth, and the alerts fire
   # About a minute: the error rate must fill the alert's window on either side of 5%.
   @slow
   Scenario: The error-rate alert stays quiet at 3% errors, fires at 8%, and resolves when the errors stop
+    Given no alert is firing
     When 40 requests per second go through the ingress to /api/v1/airtable/bases for 90 s in the background
     And every airtable-gateway replica answers 503 to 3% of requests
     Then PyAirtableHighErrorRate does not fire for airtable-gateway within its range and for window plus the evaluation lag

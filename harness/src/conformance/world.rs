@@ -78,6 +78,8 @@ pub struct MeshWorld {
     /// Cancel flags of background loads: aborting their task does not stop the generator
     /// threads, setting these does.
     pub load_cancels: Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Alerts pending or firing when the scenario began watching Prometheus (by name and labels).
+    pub alerts_before: Vec<String>,
 }
 
 static SCENARIOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -170,6 +172,7 @@ impl MeshWorld {
             chaos_load: None,
             chaos_load_path: None,
             load_cancels: Vec::new(),
+            alerts_before: Vec::new(),
         })
     }
 
