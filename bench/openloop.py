@@ -120,10 +120,10 @@ def protocols(out, env):
             continue
         r = wrk2_run(out, name) if key.startswith("wrk2") else meshtest_run(out, name)
         ns = _read(out, name + ".target_ns")
-        target = int(ns) / 1e3 / max(r["requests"], 1) if ns else float("nan")
+        target = int(ns) / 1e3 / max(r["requests"], 1) if ns and int(ns) else 0.0
         conns = env.get("wrk2_conns") if key.startswith("wrk2") else r["conns"]
         rows.append(f"| {label} | {r['achieved']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
-                    f"{r['cpu'] / max(r['requests'], 1) * 1e6:.2f} | {target:.2f} | {conns} | {r['errors']} |")
+                    f"{r['cpu'] / max(r['requests'], 1) * 1e6:.2f} | {_us(target)} | {conns} | {r['errors']} |")
     if not rows:
         return ""
     return "\n".join([
@@ -186,6 +186,16 @@ def _sat(a):
     return "no" if not a["saturated"] else "~" + "/".join(f"{x:.0f}" for x in a["saturated"]) + "/s"
 
 
+def _ratio(a, b):
+    """a / b as "1.23x", or n/a when the denominator was not measured (0)."""
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def _us(v):
+    """Envoy's CPU per request; 0 means /proc/PID/task/*/schedstat could not be read."""
+    return f"{v:.2f}" if v else "n/a"
+
+
 def render(out, env):
     """The markdown section; '' when wrk2 did not run."""
     cmp = comparison(out, env)
@@ -216,14 +226,14 @@ def render(out, env):
             conns = str(a["conns"]) if tool == "meshtest" else env["wrk2_conns"]
             sat = _sat(a) if tool == "meshtest" else "n/a"
             lines.append(f"| {rate} | {tool} | {a['achieved']:.0f} | {a['p50']:.3f} | {a['p99']:.3f} | {a['us']:.2f} | "
-                         f"{a['target_us']:.2f} | {conns} | {sat} | {a['errors']} |")
+                         f"{_us(a['target_us'])} | {conns} | {sat} | {a['errors']} |")
     lines.append("\nmeshtest / wrk2:\n")
     lines.append("| asked/s | achieved | p50 | p99 | CPU per request | Envoy CPU per request |")
     lines.append("|---:|---:|---:|---:|---:|---:|")
     for rate in sorted(cmp):
         m, w = cmp[rate]["meshtest"], cmp[rate]["wrk2"]
         lines.append(f"| {rate} | {m['achieved'] / w['achieved']:.3f}x | {m['p50'] / w['p50']:.2f}x | "
-                     f"{m['p99'] / w['p99']:.2f}x | {m['us'] / w['us']:.2f}x | {m['target_us'] / w['target_us']:.2f}x |")
+                     f"{m['p99'] / w['p99']:.2f}x | {m['us'] / w['us']:.2f}x | {_ratio(m['target_us'], w['target_us'])} |")
     lines.append("\nEvery round:\n")
     lines.append("| asked/s | round | tool | achieved/s | p50 ms | p99 ms | CPU s | requests |")
     lines.append("|---:|---:|---|---:|---:|---:|---:|---:|")

@@ -111,7 +111,8 @@ def meshtest(name, report):
 
 def cmd(name):
     c = read(name + ".cmd").strip()
-    return c.replace(os.path.dirname(os.path.dirname(out)) + "/", "")
+    # Paths relative to the repository root (`out` is bench/out, maybe given relative).
+    return c.replace(os.path.dirname(os.path.dirname(os.path.abspath(out))) + "/", "")
 
 
 def bootstrap_ratio(pairs, draws=4000):
@@ -212,7 +213,7 @@ print("`harness/crates/load/examples/responder.rs` answers each request with a f
 closed_table(cl_resp)
 print("Commands (`{url}` is the tool's own listener, `{duration}` outlasts the alternation):\n")
 for t in cl_envoy["tools"]:
-    print(f"- `{t['command'].replace(os.path.dirname(os.path.dirname(out)) + '/', '')}`")
+    print(f"- `{t['command'].replace(os.path.dirname(os.path.dirname(os.path.abspath(out))) + '/', '')}`")
 if "meshtest-hyper" in cl_envoy["tools_by_name"]:
     print("\n`meshtest-hyper` is the same generator with the hidden `--client hyper` flag, i.e. the hyper "
           "client the closed loop used before the hand-rolled HTTP/1.1 client (for comparison only).")

@@ -223,7 +223,7 @@ fi
 # the target's = Envoy's on-CPU time over the run / the requests it served.
 # Envoy's on-CPU time in ns, all threads (schedstat: exact, where /proc/PID/stat's
 # utime+stime are 10 ms ticks sampled at the tick).
-envoy_ns() { cat /proc/$ENVOY_PID/task/*/schedstat | awk '{ns += $1} END {printf "%d", ns}'; }
+envoy_ns() { cat /proc/$ENVOY_PID/task/*/schedstat | awk '{ns += $1} END {printf "%.0f", ns}'; }  # %d saturates at 2^31 in mawk
 open_run() {
   local tool=$1 rate=$2 name=$3 t0
   t0=$(envoy_ns)
