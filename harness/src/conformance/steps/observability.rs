@@ -103,10 +103,55 @@ async fn scrapes_every_proxy(w: &mut MeshWorld) {
         }
         tokio::time::sleep(INTERVAL / 2).await;
     }
+    wait_until_no_request_in_flight(w).await;
     // What was already pending or firing is an earlier scenario's, not this one's.
     let alerts = api.alerts().await.unwrap_or_else(|e| unchecked!("{e:#}"));
     w.alerts_before = alerts.iter().map(describe_alert).collect();
     w.marks.insert("telemetry".into(), Instant::now());
+}
+
+/// Envoy's in-flight request gauges of the mesh's traffic listeners (not the admin's, nor the
+/// metrics listener Prometheus scrapes).
+const IN_FLIGHT: &str = r"^http\.(inbound|outbound)_.*\.downstream_rq_active$";
+/// Longest wait for an earlier scenario's requests to end (a hung upstream ends at its route
+/// timeout or the load's 10 s request timeout).
+const QUIET_DEADLINE: Duration = Duration::from_secs(40);
+
+/// A request of an earlier scenario that ends while this one counts would be counted as this
+/// one's: wait (bounded) until no proxy has a request in flight.
+async fn wait_until_no_request_in_flight(w: &mut MeshWorld) {
+    let mut proxies: Vec<String> = w.target.pods().into_iter().map(|p| p.name).collect();
+    proxies.push("istio-ingressgateway".into());
+    let started = Instant::now();
+    loop {
+        let mut busy = Vec::new();
+        for p in &proxies {
+            let body = crate::target::stats_matching(w.target.as_ref(), p, IN_FLIGHT)
+                .await
+                .unwrap_or_else(|e| unchecked!("reading {p}'s in-flight requests: {e:#}"));
+            let n = crate::envoy::stats::sum_counters(&body);
+            if n > 0 {
+                busy.push(format!("{p}: {n}"));
+            }
+        }
+        if busy.is_empty() {
+            if started.elapsed() > INTERVAL {
+                w.evidence(format!(
+                    "waited {:.1} s for earlier requests to end",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            return;
+        }
+        if started.elapsed() > QUIET_DEADLINE {
+            unchecked!(
+                "requests of an earlier scenario still in flight after {} s: {}",
+                QUIET_DEADLINE.as_secs(),
+                busy.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Alerts firing now, as "name{service}".
