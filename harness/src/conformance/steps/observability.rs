@@ -104,6 +104,10 @@ async fn scrapes_every_proxy(w: &mut MeshWorld) {
         tokio::time::sleep(INTERVAL / 2).await;
     }
     wait_until_no_request_in_flight(w).await;
+    // The proxies' own request counters: the second ground truth (did anyone else send?).
+    for p in received_by_proxy(w).await {
+        w.stats_before.insert((p.0, RECEIVED.into()), p.1);
+    }
     // What was already pending or firing is an earlier scenario's, not this one's.
     let alerts = api.alerts().await.unwrap_or_else(|e| unchecked!("{e:#}"));
     w.alerts_before = alerts.iter().map(describe_alert).collect();
@@ -152,6 +156,55 @@ async fn wait_until_no_request_in_flight(w: &mut MeshWorld) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Envoy's count of requests a workload received: a sidecar's inbound listeners (its outbound
+/// one carries the app's own calls), the ingress gateway's gateway listeners.
+const RECEIVED: &str = r"^http\.inbound_.*\.downstream_rq_total$";
+const RECEIVED_AT_INGRESS: &str = r"^http\.outbound_.*\.downstream_rq_total$";
+
+/// Requests each proxy (every pod's sidecar and the ingress gateway) has received so far.
+async fn received_by_proxy(w: &MeshWorld) -> Vec<(String, u64)> {
+    let mut proxies: Vec<String> = w.target.pods().into_iter().map(|p| p.name).collect();
+    proxies.push("istio-ingressgateway".into());
+    let mut out = Vec::new();
+    for p in proxies {
+        let filter = if p == "istio-ingressgateway" {
+            RECEIVED_AT_INGRESS
+        } else {
+            RECEIVED
+        };
+        let body = crate::target::stats_matching(w.target.as_ref(), &p, filter)
+            .await
+            .unwrap_or_else(|e| unchecked!("reading {p}'s request counters: {e:#}"));
+        out.push((p, crate::envoy::stats::sum_counters(&body)));
+    }
+    out
+}
+
+/// Requests the proxies of `service` (or the ingress gateway) received since the mark.
+fn received_since(w: &MeshWorld, now: &[(String, u64)], service: Option<&str>) -> u64 {
+    let pods: Vec<String> = match service {
+        Some(s) => w
+            .target
+            .pods()
+            .into_iter()
+            .filter(|p| p.service == s)
+            .map(|p| p.name)
+            .collect(),
+        None => vec!["istio-ingressgateway".into()],
+    };
+    now.iter()
+        .filter(|(p, _)| pods.contains(p))
+        .map(|(p, n)| {
+            let before = w
+                .stats_before
+                .get(&(p.clone(), RECEIVED.to_string()))
+                .copied()
+                .unwrap_or(0);
+            n.saturating_sub(before)
+        })
+        .sum()
 }
 
 /// Alerts firing now, as "name{service}".
@@ -263,6 +316,21 @@ async fn counts_agree(w: &mut MeshWorld, service: String) {
         );
     }
     let truth: BTreeMap<u16, u64> = rec.status.clone();
+    let sent: u64 = truth.values().sum();
+    // The proxies' own counters say whether anything but this load reached them meanwhile
+    // (another client, an edge retry): then the telemetry cannot be compared with the load.
+    let now = received_by_proxy(w).await;
+    for (who, service) in [
+        ("the ingress gateway", None),
+        (service.as_str(), Some(service.as_str())),
+    ] {
+        let received = received_since(w, &now, service);
+        if received != sent {
+            unchecked!(
+                "{who}'s Envoy received {received} requests while the load sent {sent}: other traffic (or retries) reached it during the count"
+            );
+        }
+    }
     let api = api(w);
     let before_t = unix_at(mark);
     let queries = [
@@ -290,7 +358,7 @@ async fn counts_agree(w: &mut MeshWorld, service: String) {
         };
         promise!(
             counted == truth,
-            "{name}: Prometheus counted {counted:?} by response code, the generator got {truth:?}"
+            "{name}: Prometheus counted {counted:?} by response code, the generator got {truth:?} (and Envoy's own counters saw exactly the load's {sent} requests)"
         );
         w.evidence(format!(
             "{name}: Prometheus counted {counted:?} = the generator's {truth:?}"
