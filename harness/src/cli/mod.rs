@@ -59,10 +59,15 @@ pub(crate) fn state_dir() -> PathBuf {
 
 pub fn main() -> ExitCode {
     crate::tls::install_crypto_provider();
-    // Die quietly on a closed pipe (`meshtest status | head`), like other Unix tools.
-    // SAFETY: setting a signal disposition before any thread starts.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    // Commands that only print die quietly on a closed pipe (`meshtest status | head`), like
+    // other Unix tools. The others keep Rust's ignored SIGPIPE: they write to sockets whose
+    // peers may close (a fault proxy relaying to an Envoy that timed the request out, a load
+    // against a server that hangs up), and SIGPIPE's default would kill the whole run there.
+    if matches!(cli.command, Command::Status(_) | Command::Token(_) | Command::Report(_)) {
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
