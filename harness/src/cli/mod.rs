@@ -64,7 +64,10 @@ pub fn main() -> ExitCode {
     // other Unix tools. The others keep Rust's ignored SIGPIPE: they write to sockets whose
     // peers may close (a fault proxy relaying to an Envoy that timed the request out, a load
     // against a server that hangs up), and SIGPIPE's default would kill the whole run there.
-    if matches!(cli.command, Command::Status(_) | Command::Token(_) | Command::Report(_)) {
+    if matches!(
+        cli.command,
+        Command::Status(_) | Command::Token(_) | Command::Report(_)
+    ) {
         // SAFETY: setting a signal disposition before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
