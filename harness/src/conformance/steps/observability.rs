@@ -104,6 +104,28 @@ async fn scrapes_every_proxy(w: &mut MeshWorld) {
         tokio::time::sleep(INTERVAL / 2).await;
     }
     wait_until_no_request_in_flight(w).await;
+    // Requests that ended just before now are counted by Envoy but not yet scraped: wait
+    // (bounded) for a scrape of every proxy after this moment, so they fall before the mark.
+    let quiet = unix_now();
+    let started = Instant::now();
+    loop {
+        let oldest = api
+            .query(r#"min(timestamp(up{job="envoy-stats"}))"#)
+            .await
+            .unwrap_or_else(|e| unchecked!("{e:#}"))
+            .first()
+            .map_or(0.0, |s| s.value);
+        if oldest > quiet {
+            break;
+        }
+        if started.elapsed() > 5 * LAG {
+            unchecked!(
+                "Prometheus did not scrape every proxy within {} s",
+                (5 * LAG).as_secs()
+            );
+        }
+        tokio::time::sleep(INTERVAL / 4).await;
+    }
     // The proxies' own request counters: the second ground truth (did anyone else send?).
     for p in received_by_proxy(w).await {
         w.stats_before.insert((p.0, RECEIVED.into()), p.1);
