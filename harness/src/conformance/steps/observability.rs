@@ -136,6 +136,13 @@ async fn scrapes_every_proxy(w: &mut MeshWorld) {
     w.marks.insert("telemetry".into(), Instant::now());
 }
 
+/// Every proxy of the mesh: each pod's sidecar and the ingress gateway.
+fn every_proxy(w: &MeshWorld) -> Vec<String> {
+    let mut proxies: Vec<String> = w.target.pods().into_iter().map(|p| p.name).collect();
+    proxies.push("istio-ingressgateway".into());
+    proxies
+}
+
 /// Envoy's in-flight request gauges of the mesh's traffic listeners (not the admin's, nor the
 /// metrics listener Prometheus scrapes).
 const IN_FLIGHT: &str = r"^http\.(inbound|outbound)_.*\.downstream_rq_active$";
@@ -146,8 +153,7 @@ const QUIET_DEADLINE: Duration = Duration::from_secs(40);
 /// A request of an earlier scenario that ends while this one counts would be counted as this
 /// one's: wait (bounded) until no proxy has a request in flight.
 async fn wait_until_no_request_in_flight(w: &mut MeshWorld) {
-    let mut proxies: Vec<String> = w.target.pods().into_iter().map(|p| p.name).collect();
-    proxies.push("istio-ingressgateway".into());
+    let proxies = every_proxy(w);
     let started = Instant::now();
     loop {
         let mut busy = Vec::new();
@@ -187,8 +193,7 @@ const RECEIVED_AT_INGRESS: &str = r"^http\.outbound_.*\.downstream_rq_total$";
 
 /// Requests each proxy (every pod's sidecar and the ingress gateway) has received so far.
 async fn received_by_proxy(w: &MeshWorld) -> Vec<(String, u64)> {
-    let mut proxies: Vec<String> = w.target.pods().into_iter().map(|p| p.name).collect();
-    proxies.push("istio-ingressgateway".into());
+    let proxies = every_proxy(w);
     let mut out = Vec::new();
     for p in proxies {
         let filter = if p == "istio-ingressgateway" {
