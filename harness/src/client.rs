@@ -149,8 +149,11 @@ where
     let mut conn = tokio::spawn(conn);
     let mut builder = hyper::Request::builder()
         .method(req.method.as_str())
-        .uri(&req.path)
-        .header("host", &req.host);
+        .uri(&req.path);
+    // A Host among the headers (`call -H 'host: ...'`) replaces the default one.
+    if !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        builder = builder.header("host", &req.host);
+    }
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
     }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::error::InputError;
 use crate::manifest::Manifests;
+use crate::manifest::gateway_api::GATEWAY_NAME_LABEL;
 use crate::manifest::kube::{IntOrString, ServiceSpec};
 
 /// The container port named `name` in the first Deployment whose pods `service` selects.
@@ -85,6 +86,9 @@ pub struct Pod {
     pub service_account: String,
     /// Container args and literal env, for the agent.
     pub args: Vec<String>,
+    /// The container is not `meshtest agent` (an unmodified application image): the embedded
+    /// mesh runs a stand-in agent on each of its ports instead.
+    pub stand_in: bool,
     pub env: BTreeMap<String, String>,
     /// 0-based index of this pod among its service's pods (stable across runs).
     pub ordinal: usize,
@@ -143,6 +147,47 @@ impl Workload {
     }
 }
 
+/// The ingress gateway's labels: what the Gateways select (Istio's operator install labels it
+/// `istio: ingressgateway`, its Helm chart `istio: ingress`). The embedded mesh runs one
+/// gateway, so Gateways that select different workloads are refused rather than half served.
+fn ingress_workload(manifests: &Manifests) -> Result<Workload, InputError> {
+    let mut chosen: Option<(&BTreeMap<String, String>, &crate::manifest::Resource<_>)> = None;
+    for gw in &manifests.gateways {
+        let selector = &gw.spec.selector;
+        if selector.is_empty() {
+            // Selects every gateway workload, whatever its labels.
+            continue;
+        }
+        match chosen {
+            None => chosen = Some((selector, gw)),
+            Some((first, by)) if first != selector => {
+                return Err(gw.origin.error(
+                    "spec.selector",
+                    format!(
+                        "selects {selector:?} but Gateway {} ({}:{}) selects {first:?}: the embedded mesh runs one ingress gateway",
+                        by.name(),
+                        by.origin.file.display(),
+                        by.origin.line
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(match chosen {
+        // Istio runs a Gateway API Gateway's deployment in the Gateway's own namespace.
+        Some((selector, gw)) if selector.contains_key(GATEWAY_NAME_LABEL) => Workload {
+            namespace: gw.namespace().to_string(),
+            labels: selector.clone(),
+        },
+        Some((selector, _)) => Workload {
+            namespace: INGRESS_NAMESPACE.into(),
+            labels: selector.clone(),
+        },
+        None => Workload::ingress_gateway(),
+    })
+}
+
 pub fn labels_match(
     selector: &BTreeMap<String, String>,
     labels: &BTreeMap<String, String>,
@@ -159,6 +204,8 @@ pub struct MeshModel {
     /// JWKS fetched for RequestAuthentication jwksUris, by URI (filled by the target that runs
     /// the mesh, as istiod fetches them; a URI missing here verifies no token).
     pub jwks: BTreeMap<String, String>,
+    /// The one ingress gateway the embedded mesh runs, labelled as the Gateways select it.
+    pub ingress: Workload,
 }
 
 impl MeshModel {
@@ -222,6 +269,7 @@ impl MeshModel {
             });
         }
         let mut pods: Vec<Pod> = Vec::new();
+        let mut unselected = Vec::new();
         for d in &manifests.deployments {
             let labels = d.spec.template.metadata.labels.clone();
             if !labels_match(&d.spec.selector.match_labels, &labels) {
@@ -231,19 +279,25 @@ impl MeshModel {
                 ));
             }
             let ns = d.namespace().to_string();
-            let service = services
+            let selecting: Vec<&Service> = services
                 .iter()
-                .find(|s| {
+                .filter(|s| {
                     s.namespace == ns
                         && !s.selector.is_empty()
                         && labels_match(&s.selector, &labels)
                 })
-                .ok_or_else(|| {
-                    d.origin.error(
-                        "spec.template.metadata.labels",
-                        format!("no Service selects Deployment {}", d.name()),
-                    )
-                })?;
+                .collect();
+            // The first Service that selects the pods places them (127.B.S.R); every Service
+            // that selects them sends to them.
+            let Some(&service) = selecting.first() else {
+                unselected.push(crate::manifest::Ignored {
+                    kind: "Deployment".into(),
+                    name: d.name().to_string(),
+                    origin: d.origin.clone(),
+                    why: "no Service selects its pods: a client-only workload, which the embedded mesh does not run (nothing can call it; calls from it cannot be made)".into(),
+                });
+                continue;
+            };
             let sa = d
                 .spec
                 .template
@@ -251,10 +305,12 @@ impl MeshModel {
                 .service_account_name
                 .clone()
                 .unwrap_or_else(|| "default".into());
-            if !manifests
-                .service_accounts
-                .iter()
-                .any(|a| a.name() == sa && a.namespace() == ns)
+            // Kubernetes creates `default` in every namespace.
+            if sa != "default"
+                && !manifests
+                    .service_accounts
+                    .iter()
+                    .any(|a| a.name() == sa && a.namespace() == ns)
             {
                 return Err(d.origin.error(
                     "spec.template.spec.serviceAccountName",
@@ -275,7 +331,7 @@ impl MeshModel {
                 .cloned()
                 .unwrap_or_else(|| "v1".into());
             let mut pod_ports: Vec<u16> = Vec::new();
-            for p in &service.ports {
+            for p in selecting.iter().flat_map(|s| s.ports.iter()) {
                 if !pod_ports.contains(&p.target_port) {
                     pod_ports.push(p.target_port);
                 }
@@ -307,6 +363,7 @@ impl MeshModel {
                     labels: labels.clone(),
                     service_account: sa.clone(),
                     args: container.args.clone(),
+                    stand_in: container.args.first().map(String::as_str) != Some("agent"),
                     env: BTreeMap::clone(&env),
                     ordinal,
                     ports: pod_ports.clone(),
@@ -314,10 +371,11 @@ impl MeshModel {
             }
         }
         for s in &services {
-            if !pods
-                .iter()
-                .any(|p| p.service == s.name && p.namespace == s.namespace)
-            {
+            if !pods.iter().any(|p| {
+                p.namespace == s.namespace
+                    && !s.selector.is_empty()
+                    && labels_match(&s.selector, &p.labels)
+            }) {
                 let origin = &manifests
                     .services
                     .iter()
@@ -330,18 +388,31 @@ impl MeshModel {
                 ));
             }
         }
+        let ingress = ingress_workload(&manifests)?;
+        let mut manifests = manifests;
+        // A model rebuilt from its own manifests (a live apply) has noted them already.
+        for i in unselected {
+            if !manifests.ignored.contains(&i) {
+                manifests.ignored.push(i);
+            }
+        }
         Ok(MeshModel {
             manifests,
             services,
             pods,
             jwks: BTreeMap::new(),
+            ingress,
         })
     }
 
     pub fn pods_of<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Pod> + 'a {
         self.pods
             .iter()
-            .filter(move |p| p.service == service.name && p.namespace == service.namespace)
+            .filter(move |p| {
+                p.namespace == service.namespace
+                    && !service.selector.is_empty()
+                    && labels_match(&service.selector, &p.labels)
+            })
     }
 
     /// The service a pod belongs to.
@@ -412,5 +483,50 @@ mod tests {
         assert_eq!(svc.default_port().port, 80);
         assert_eq!(svc.default_port().target_port, 9080);
         assert_eq!(m.pods[0].ports, [9080]);
+    }
+
+    fn with(extra: &str) -> Result<MeshModel, InputError> {
+        let mut m = Manifests::default();
+        m.add_text(
+            Path::new("t.yaml"),
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx, ports: [{containerPort: 8080}]}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080, name: http}]\n",
+        )?;
+        m.add_text(Path::new("x.yaml"), extra)?;
+        MeshModel::build(m)
+    }
+
+    #[test]
+    fn unmodified_containers_get_stand_ins_under_the_default_service_account() {
+        let m = with("").unwrap();
+        assert!(m.pods[0].stand_in);
+        assert_eq!(m.pods[0].service_account, "default");
+        assert_eq!(m.pods[0].ports, [8080]);
+    }
+
+    #[test]
+    fn every_service_selecting_a_pod_sends_to_it_and_a_client_only_deployment_is_ignored() {
+        let m = with("apiVersion: v1\nkind: Service\nmetadata: {name: web-external}\nspec:\n  selector: {app: web}\n  ports: [{port: 8081, targetPort: 8081, name: http-admin}]\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: loadgen}\nspec:\n  selector: {matchLabels: {app: loadgen}}\n  template:\n    metadata: {labels: {app: loadgen}}\n    spec: {containers: [{name: l, image: busybox}]}\n").unwrap();
+        assert_eq!(m.pods.len(), 1);
+        assert_eq!(m.pods[0].ports, [8080, 8081]);
+        let external = m.service("web-external").unwrap();
+        assert_eq!(m.pods_of(external).count(), 1);
+        assert_eq!(m.manifests.ignored[0].name, "loadgen");
+    }
+
+    #[test]
+    fn the_ingress_gateway_is_labelled_as_the_gateways_select_it() {
+        let helm = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: ingress}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]\n";
+        let m = with(helm).unwrap();
+        assert_eq!(m.ingress.labels["istio"], "ingress");
+        assert_eq!(m.ingress.namespace, INGRESS_NAMESPACE);
+        assert_eq!(with("").unwrap().ingress, Workload::ingress_gateway());
+        let api = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n";
+        let m = with(api).unwrap();
+        assert_eq!(m.ingress.namespace, "shop");
+        assert_eq!(m.ingress.labels[GATEWAY_NAME_LABEL], "edge");
+        let both = format!("{helm}---\n{}", helm.replace("istio: ingress", "istio: ingressgateway").replace("name: g", "name: h"));
+        let err = with(&both).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.selector"), "{err}");
+        assert!(err.message.contains("one ingress gateway"), "{err}");
     }
 }

@@ -15,12 +15,25 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
 pub const KEY_ID: &str = "meshtest-test-issuer";
-/// The issuer claim tokens carry unless the caller asks for another (PyAirtable's; a later
-/// change reads it from the mesh's RequestAuthentication).
-pub const DEFAULT_ISSUER: &str = "pyairtable-auth";
+/// The issuer claim of tokens for a mesh that declares no RequestAuthentication issuer.
+pub const DEFAULT_ISSUER: &str = "meshtest";
+
+/// The issuer the mesh trusts: the first `jwtRules[].issuer` of its RequestAuthentications
+/// (tokens that name none carry it), else [`DEFAULT_ISSUER`].
+pub fn mesh_issuer(manifests: &crate::manifest::Manifests) -> String {
+    manifests
+        .request_authentications
+        .iter()
+        .flat_map(|r| r.spec.jwt_rules.iter())
+        .map(|r| r.issuer.clone())
+        .next()
+        .unwrap_or_else(|| DEFAULT_ISSUER.into())
+}
 
 /// A signing key and the JWKS of its public half.
 pub struct Issuer {
+    /// The `iss` claim of tokens whose spec names no issuer.
+    iss: String,
     key_pem: String,
     key: EncodingKey,
     jwks: String,
@@ -51,6 +64,7 @@ impl Issuer {
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
         let jwks = serde_json::to_string(&serde_json::json!({"keys": [jwk]}))?;
         Ok(Issuer {
+            iss: DEFAULT_ISSUER.into(),
             key_pem: key_pem.to_string(),
             key,
             jwks,
@@ -62,6 +76,11 @@ impl Issuer {
         let pem = std::fs::read_to_string(path)
             .with_context(|| format!("reading the mesh's issuer key {}", path.display()))?;
         Issuer::from_pem(&pem)
+    }
+
+    /// The same key, issuing as `iss` (the mesh's issuer, see [`mesh_issuer`]).
+    pub fn named(self, iss: String) -> Issuer {
+        Issuer { iss, ..self }
     }
 
     /// Writes the private key (0600).
@@ -76,7 +95,7 @@ impl Issuer {
 
     /// Mints a token as `meshtest token` prints it.
     pub fn mint(&self, spec: &TokenSpec) -> Result<String> {
-        mint_with(&self.key, spec)
+        mint_with(&self.key, &self.iss, spec)
     }
 }
 
@@ -109,7 +128,8 @@ impl Tier {
 pub struct TokenSpec {
     pub tenant: String,
     pub tier: Tier,
-    pub issuer: String,
+    /// None: the issuer's own name (the mesh's issuer).
+    pub issuer: Option<String>,
     pub expired: bool,
     pub breakage: Breakage,
 }
@@ -128,7 +148,7 @@ impl TokenSpec {
         TokenSpec {
             tenant: tenant.into(),
             tier,
-            issuer: DEFAULT_ISSUER.into(),
+            issuer: None,
             expired: false,
             breakage: Breakage::None,
         }
@@ -145,7 +165,7 @@ struct Claims<'a> {
     exp: u64,
 }
 
-fn mint_with(issuer_key: &EncodingKey, spec: &TokenSpec) -> Result<String> {
+fn mint_with(issuer_key: &EncodingKey, iss: &str, spec: &TokenSpec) -> Result<String> {
     if spec.tenant.is_empty()
         || !spec
             .tenant
@@ -167,7 +187,7 @@ fn mint_with(issuer_key: &EncodingKey, spec: &TokenSpec) -> Result<String> {
         (now, now + 3600)
     };
     let claims = Claims {
-        iss: &spec.issuer,
+        iss: spec.issuer.as_deref().unwrap_or(iss),
         sub: format!("user@{}", spec.tenant),
         tenant: &spec.tenant,
         tier: spec.tier.as_str(),
@@ -265,10 +285,27 @@ mod tests {
             );
         }
         let spec = TokenSpec {
-            issuer: "someone-else".into(),
+            issuer: Some("someone-else".into()),
             ..TokenSpec::new("acme", Tier::Free)
         };
         assert!(verify(&mint(&spec).unwrap()).is_err());
+    }
+
+    #[test]
+    fn the_mesh_issuer_is_the_first_jwt_rule_issuer() {
+        let mut m = crate::manifest::Manifests::default();
+        assert_eq!(mesh_issuer(&m), DEFAULT_ISSUER);
+        m.add_text(
+            std::path::Path::new("ra.yaml"),
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j, namespace: istio-system}\nspec:\n  jwtRules:\n  - issuer: testing@secure.istio.io\n",
+        )
+        .unwrap();
+        assert_eq!(mesh_issuer(&m), "testing@secure.istio.io");
+        let named = Issuer::generate().unwrap().named(mesh_issuer(&m));
+        let token = named.mint(&TokenSpec::new("acme", Tier::Free)).unwrap();
+        let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(claims["iss"], "testing@secure.istio.io");
     }
 
     #[test]

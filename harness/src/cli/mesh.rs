@@ -114,10 +114,38 @@ pub async fn up(a: UpArgs) -> Result<u8> {
             "meshtest: Prometheus {url} (every proxy scraped each second, the mesh's PrometheusRules loaded)"
         );
     }
+    let stand_ins: Vec<&str> = state
+        .pods
+        .iter()
+        .filter(|p| p.stand_in)
+        .map(|p| p.name.as_str())
+        .collect();
+    if !stand_ins.is_empty() {
+        println!(
+            "meshtest: {} of {} pods run a stand-in agent on their ports (their containers are not `meshtest agent`): {}",
+            stand_ins.len(),
+            state.pods.len(),
+            stand_ins.join(", ")
+        );
+    }
+    for i in &mesh.model().manifests.ignored {
+        println!(
+            "meshtest: ignored {} {} ({}:{}): {}",
+            i.kind,
+            i.name,
+            i.origin.file.display(),
+            i.origin.line,
+            i.why
+        );
+    }
     println!("meshtest: state in {}", state_file().display());
     if let (Some(a), Some(b)) = (state.pods.first(), state.pods.last()) {
+        let host = match state.ingress.host.as_str() {
+            "localhost" => String::new(),
+            h => format!("-H 'Host: {h}' "),
+        };
         println!(
-            "meshtest: try `meshtest call --from {} --to {} /health`, `meshtest status`, or `curl http://{http}/`",
+            "meshtest: try `meshtest call --from {} --to {} /health`, `meshtest status`, or `curl {host}http://{http}/`",
             a.service, b.service
         );
     }
@@ -181,6 +209,7 @@ pub async fn status(_: StateArgs) -> Result<u8> {
         "-".to_string(),
         state.ingress.admin.clone(),
         None,
+        false,
     )];
     rows.extend(state.pods.iter().map(|p| {
         let ports: Vec<String> = p.ports.iter().map(u16::to_string).collect();
@@ -190,13 +219,14 @@ pub async fn status(_: StateArgs) -> Result<u8> {
             format!("{}:{}", p.ip, ports.join(",")),
             p.admin.clone(),
             Some(p.control.clone()),
+            p.stand_in,
         )
     }));
     println!(
         "{:<28} {:<8} {:<24} {:<10} AGENT",
         "POD", "VERSION", "ADDRESS", "ENVOY"
     );
-    for (name, version, address, admin_socket, control) in rows {
+    for (name, version, address, admin_socket, control, stand_in) in rows {
         let live = admin::is_live(&admin_socket).await;
         let agent = match &control {
             None => "-",
@@ -205,8 +235,9 @@ pub async fn status(_: StateArgs) -> Result<u8> {
         };
         healthy &= live && agent != "DOWN";
         println!(
-            "{name:<28} {version:<8} {address:<24} {:<10} {agent}",
-            if live { "LIVE" } else { "DOWN" }
+            "{name:<28} {version:<8} {address:<24} {:<10} {agent}{}",
+            if live { "LIVE" } else { "DOWN" },
+            if stand_in { " (stand-in)" } else { "" }
         );
     }
     // What chaos has in force: a fault left by a killed run shows here until its lease ends.

@@ -16,9 +16,10 @@ pub struct TokenArgs {
     /// Already expired (the mesh must refuse it: 401 "Jwt is expired").
     #[arg(long)]
     expired: bool,
-    /// Issuer claim (the mesh trusts only "pyairtable-auth").
-    #[arg(long, default_value = crate::token::DEFAULT_ISSUER)]
-    issuer: String,
+    /// Issuer claim [default: the mesh's, the first jwtRules issuer of its
+    /// RequestAuthentications].
+    #[arg(long)]
+    issuer: Option<String>,
     /// Signed by a key the mesh does not trust.
     #[arg(long, conflicts_with = "tampered")]
     bad_signature: bool,
@@ -49,8 +50,10 @@ pub fn run(a: TokenArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// The issuer of the mesh `meshtest up` runs (its key is in the mesh's private run directory).
+/// The issuer of the mesh `meshtest up` runs (its key is in the mesh's private run directory,
+/// its name in the mesh's RequestAuthentications).
 pub fn running_issuer() -> Result<Issuer> {
     let state = super::mesh::read_running_state()?;
-    Issuer::load(&state.issuer_key)
+    let manifests = crate::manifest::Manifests::load_dir(&state.mesh_dir)?;
+    Ok(Issuer::load(&state.issuer_key)?.named(crate::token::mesh_issuer(&manifests)))
 }

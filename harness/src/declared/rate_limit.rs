@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::envoy::config_dump::parse_duration;
-use crate::model::{MeshModel, Workload};
+use crate::model::MeshModel;
 
 use super::where_;
 
@@ -45,7 +45,7 @@ impl Bucket {
 /// The bucket of the ingress gateway's local rate limit descriptor whose entries include the
 /// value `value` (e.g. the tier "free"), if an EnvoyFilter declares one.
 pub fn ingress_bucket(model: &MeshModel, value: &str) -> Option<Bucket> {
-    let ingress = Workload::ingress_gateway();
+    let ingress = &model.ingress;
     for ef in &model.manifests.envoy_filters {
         let selector = ef.spec.workload_selector.as_ref().map(|s| &s.labels);
         if !ingress.selected_by(ef.namespace(), selector) {

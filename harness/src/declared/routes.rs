@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::manifest::Resource;
 use crate::manifest::istio::{Fault, HttpMatch, HttpRoute, StringMatch, VirtualServiceSpec};
-use crate::model::{MeshModel, Service, Workload};
+use crate::model::{MeshModel, Service};
 use crate::translate::duration;
 use crate::translate::gateway::gateways_for;
 use crate::translate::virtual_service::{binds_gateway, mesh_virtual_service};
@@ -178,10 +178,34 @@ pub fn destination_versions(model: &MeshModel, d: &Destination) -> Vec<String> {
     versions
 }
 
+/// The Host a call through the ingress gateway sends when it names none: the first host of a
+/// gateway-bound VirtualService, else of a Gateway server, that is not a bare `*`
+/// (`*.example.com` becomes `www.example.com`); else `localhost`, which `*` accepts.
+pub fn ingress_host(model: &MeshModel) -> String {
+    let bound = gateway_virtual_services(model)
+        .into_iter()
+        .flat_map(|vs| vs.spec.hosts.iter());
+    let served = model
+        .manifests
+        .gateways
+        .iter()
+        .flat_map(|g| g.spec.servers.iter())
+        .flat_map(|s| s.hosts.iter());
+    bound
+        .chain(served)
+        .map(|h| h.rsplit_once('/').map_or(h.as_str(), |(_, h)| h))
+        .find(|h| *h != "*")
+        .map(|h| match h.strip_prefix("*.") {
+            Some(domain) => format!("www.{domain}"),
+            None => h.to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// The VirtualServices bound to the gateways that select the ingress gateway, in order.
 pub fn gateway_virtual_services(model: &MeshModel) -> Vec<&Resource<VirtualServiceSpec>> {
-    let ingress = Workload::ingress_gateway();
-    let gateways: Vec<_> = gateways_for(model, &ingress).collect();
+    let ingress = &model.ingress;
+    let gateways: Vec<_> = gateways_for(model, ingress).collect();
     model
         .manifests
         .virtual_services
@@ -349,6 +373,9 @@ fn string_matches(m: &StringMatch, value: &str) -> bool {
     match m {
         StringMatch::Exact(e) => value == e,
         StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+        StringMatch::PathSeparatedPrefix(p) => value
+            .strip_prefix(p.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?'])),
         StringMatch::Regex(r) => {
             regex::Regex::new(&format!("^(?:{r})$")).is_ok_and(|re| re.is_match(value))
         }

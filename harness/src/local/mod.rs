@@ -512,6 +512,7 @@ impl LocalMesh {
             ingress: IngressState {
                 http: port_of("HTTP"),
                 https: port_of("HTTPS"),
+                host: crate::declared::routes::ingress_host(&model),
                 admin: self.ingress.admin.clone(),
             },
             pods: self
@@ -525,6 +526,7 @@ impl LocalMesh {
                     sa: p.pod.service_account.clone(),
                     ip: p.ip.to_string(),
                     ports: p.pod.ports.clone(),
+                    stand_in: p.pod.stand_in,
                     admin: p.proxy.admin.clone(),
                     control: p.control.clone(),
                 })
@@ -586,7 +588,18 @@ fn issue_gateway_credentials(model: &MeshModel, ca: &MeshCa, ports: &GatewayPort
                 .as_ref()
                 .and_then(|t| t.credential_name.as_deref())
             {
-                let leaf = ca.issue_server(&["localhost"], &[IpAddr::V4(ports.ip)])?;
+                // The server's own hosts (the TLS name clients check), the host ingress calls
+                // send, and localhost.
+                let ingress_host = crate::declared::routes::ingress_host(model);
+                let mut names: Vec<&str> = server
+                    .hosts
+                    .iter()
+                    .map(|h| h.rsplit_once('/').map_or(h.as_str(), |(_, h)| h))
+                    .filter(|h| *h != "*")
+                    .collect();
+                names.extend([ingress_host.as_str(), "localhost"]);
+                names.dedup();
+                let leaf = ca.issue_server(&names, &[IpAddr::V4(ports.ip)])?;
                 pki::write_leaf(&ports.credentials, name, &leaf, ca)?;
             }
         }
@@ -594,7 +607,8 @@ fn issue_gateway_credentials(model: &MeshModel, ca: &MeshCa, ports: &GatewayPort
     Ok(())
 }
 
-/// The agent of `pod` as its container args declare it, placed behind its sidecar's sockets.
+/// The agent of `pod` as its container args declare it (a stand-in when the container is not
+/// `meshtest agent`), placed behind its sidecar's sockets.
 fn agent_config(
     model: &MeshModel,
     pod: &Pod,
@@ -602,25 +616,16 @@ fn agent_config(
     control: &Path,
     jwks: &str,
 ) -> Result<crate::agent::AgentConfig> {
-    let (first, rest) = pod.args.split_first().ok_or_else(|| {
-        anyhow!(
-            "pod {}: the container has no args; expected `agent ...`",
-            pod.name
-        )
-    })?;
-    if first != "agent" {
-        bail!(
-            "pod {}: the container runs `{first}`; the local target runs only the meshtest agent (args: [agent, ...])",
-            pod.name
-        );
-    }
     #[derive(Parser)]
     struct Wrapper {
         #[command(flatten)]
         args: AgentArgs,
     }
+    // An unmodified application container gets a stand-in: the agent with no forwards, on
+    // every port the pod serves (the listeners are placed below either way).
+    let argv: &[String] = if pod.stand_in { &[] } else { &pod.args[1..] };
     let args =
-        Wrapper::try_parse_from(std::iter::once("agent".to_string()).chain(rest.iter().cloned()))
+        Wrapper::try_parse_from(std::iter::once("agent".to_string()).chain(argv.iter().cloned()))
             .map_err(|e| anyhow!("pod {}: bad agent args: {e}", pod.name))?
             .args;
     let mut config = args.into_config()?;

@@ -27,10 +27,17 @@ pub struct State {
     pub pods: Vec<PodState>,
 }
 
+fn localhost() -> String {
+    "localhost".into()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IngressState {
     pub http: Option<String>,
     pub https: Option<String>,
+    /// The Host header ingress calls send unless they name one (from the Gateways' hosts).
+    #[serde(default = "localhost")]
+    pub host: String,
     /// The gateway's Envoy admin socket.
     pub admin: PathBuf,
 }
@@ -45,6 +52,9 @@ pub struct PodState {
     pub ip: String,
     /// The pod's ports (its service's target ports).
     pub ports: Vec<u16>,
+    /// A stand-in agent serves the pod (its container is not `meshtest agent`).
+    #[serde(default)]
+    pub stand_in: bool,
     /// The sidecar's Envoy admin socket.
     pub admin: PathBuf,
     /// The agent's control socket.

@@ -329,6 +329,10 @@ pub enum StringMatch {
     Exact(String),
     Prefix(String),
     Regex(String),
+    /// A prefix of whole path segments (`/static` matches `/static` and `/static/x`, not
+    /// `/staticx`): the Gateway API's PathPrefix, never written in an Istio resource.
+    #[serde(skip_deserializing)]
+    PathSeparatedPrefix(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -492,4 +496,28 @@ pub struct Patch {
     pub operation: String,
     /// Raw Envoy config, passed through as JSON (it is Envoy's own schema, validated by Envoy).
     pub value: serde_json::Value,
+}
+
+/// A ServiceEntry: hosts outside the mesh. Read so a typo is refused; with Istio's default
+/// `outboundTrafficPolicy: ALLOW_ANY` it changes no call between the mesh's own workloads.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEntrySpec {
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub workload_selector: Option<serde_json::Value>,
 }

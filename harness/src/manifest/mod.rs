@@ -4,6 +4,7 @@
 //! Istio specs deny unknown fields: a field meshtest cannot translate must be an error, never
 //! silently dropped (a dropped security field is a false pass).
 
+pub mod gateway_api;
 pub mod istio;
 pub mod kube;
 pub mod observability;
@@ -84,7 +85,47 @@ pub struct Manifests {
     pub telemetries: Vec<Resource<observability::TelemetrySpec>>,
     #[serde(default)]
     pub istio_operators: Vec<Resource<observability::IstioOperatorSpec>>,
+    /// Resources read but left out because they do not change what the mesh does (a
+    /// ConfigMap, a Gateway of another controller's class...), with why: `up` lists them.
+    #[serde(default)]
+    pub ignored: Vec<Ignored>,
 }
+
+#[derive(Debug, Clone, serde::Serialize, Deserialize, PartialEq)]
+pub struct Ignored {
+    pub kind: String,
+    pub name: String,
+    pub origin: Origin,
+    pub why: String,
+}
+
+/// Kubernetes kinds that shape scheduling, storage, access to the Kubernetes API or
+/// monitoring, never a request's path through the mesh: accepted and ignored.
+const IGNORED_KINDS: &[&str] = &[
+    "ConfigMap",
+    "Secret",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "PersistentVolumeClaim",
+    "PersistentVolume",
+    "StorageClass",
+    "ResourceQuota",
+    "LimitRange",
+    "PriorityClass",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "ServiceMonitor",
+    "PodMonitor",
+    "VerticalPodAutoscaler",
+    "Certificate",
+    "Issuer",
+    "ClusterIssuer",
+    "GatewayClass",
+    "ReferenceGrant",
+];
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -164,11 +205,65 @@ impl Manifests {
             InputError::new(&origin.file, "document has no `kind`").at_line(origin.line)
         })?;
         let api = header.api_version.unwrap_or_default();
+        if kind == "List" {
+            return self.add_list(origin, doc);
+        }
         if header.metadata.as_ref().is_none_or(|m| m.name.is_empty()) {
             return Err(origin.error("metadata.name", format!("{kind} has no name")));
         }
-        match (api.split('/').next().unwrap_or(""), kind.as_str()) {
+        let name = header.metadata.map(|m| m.name).unwrap_or_default();
+        let group = api.split('/').next().unwrap_or("");
+        if IGNORED_KINDS.contains(&kind.as_str()) {
+            self.ignored.push(Ignored {
+                kind,
+                name,
+                origin: origin.clone(),
+                why: "does not change a request's path through the mesh".into(),
+            });
+            return Ok(());
+        }
+        match (group, kind.as_str()) {
             ("v1", "Namespace") => self.namespaces.push(bare(origin, doc)?),
+            // A StatefulSet's or DaemonSet's pods serve like a Deployment's (a DaemonSet runs
+            // one pod here: the embedded mesh has one node).
+            ("apps", "StatefulSet" | "DaemonSet") => self.deployments.push(typed(origin, doc)?),
+            ("gateway.networking.k8s.io", "Gateway") => {
+                let gw = typed(origin, doc)?;
+                match gateway_api::gateway(&gw)? {
+                    Some(converted) => self.gateways.push(converted),
+                    None => self.ignored.push(Ignored {
+                        kind,
+                        name,
+                        origin: origin.clone(),
+                        why: format!(
+                            "its class `{}` is not Istio's: another controller serves it",
+                            gw.spec.gateway_class_name
+                        ),
+                    }),
+                }
+            }
+            ("networking.istio.io", "ServiceEntry") => {
+                let se: Resource<istio::ServiceEntrySpec> = typed(origin, doc)?;
+                if se.spec.location.as_deref() == Some("MESH_INTERNAL") {
+                    return Err(origin.error(
+                        "spec.location",
+                        "a MESH_INTERNAL ServiceEntry adds workloads to the mesh; it is not translated",
+                    ));
+                }
+                self.ignored.push(Ignored {
+                    kind,
+                    name,
+                    origin: origin.clone(),
+                    why: format!(
+                        "mesh-external hosts ({}): calls to them leave the mesh, which the embedded mesh cannot reach",
+                        se.spec.hosts.join(", ")
+                    ),
+                });
+            }
+            ("gateway.networking.k8s.io", "HTTPRoute") => {
+                let route = typed(origin, doc)?;
+                self.virtual_services.push(gateway_api::http_route(&route)?);
+            }
             ("v1", "ServiceAccount") => self.service_accounts.push(bare(origin, doc)?),
             ("apps", "Deployment") => self.deployments.push(typed(origin, doc)?),
             ("v1", "Service") => self.services.push(typed(origin, doc)?),
@@ -197,9 +292,28 @@ impl Manifests {
             _ => {
                 return Err(origin.error(
                     "kind",
-                    format!("unsupported resource {api}/{kind}: meshtest translates Namespace, ServiceAccount, Deployment, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway, EnvoyFilter, Telemetry, IstioOperator (meshConfig) and PrometheusRule"),
+                    format!("unsupported resource {api}/{kind}: it may change what the mesh does, and meshtest does not translate it. Translated: Namespace, ServiceAccount, Deployment, StatefulSet, DaemonSet, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway (Istio's and the Gateway API's), HTTPRoute, ServiceEntry (MESH_EXTERNAL, noted), EnvoyFilter, Telemetry, IstioOperator (meshConfig), PrometheusRule; ignored: List is unpacked, {}", IGNORED_KINDS.join(", ")),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Manifests {
+    /// A `kind: List` (as `kubectl get -o yaml` writes): each item as its own document, at the
+    /// List's line.
+    fn add_list(&mut self, origin: &Origin, doc: &str) -> Result<(), InputError> {
+        #[derive(Deserialize)]
+        struct List {
+            #[serde(default)]
+            items: Vec<serde_json::Value>,
+        }
+        let list: List = parse(origin, doc)?;
+        for item in list.items {
+            // JSON is YAML: each item parses as a document of its own.
+            let text = serde_json::to_string(&item).unwrap_or_default();
+            self.add_document(origin, &text)?;
         }
         Ok(())
     }
@@ -344,8 +458,20 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_an_error() {
-        let err = load("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n").unwrap_err();
+        let err = load("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: x\n").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("kind"));
+    }
+
+    #[test]
+    fn kinds_that_do_not_route_are_ignored_with_a_note_and_lists_unpacked() {
+        let m = load("# only a comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: b}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ServiceAccount\n  metadata: {name: sa}\n- apiVersion: policy/v1\n  kind: PodDisruptionBudget\n  metadata: {name: pdb}\n").unwrap();
+        assert_eq!(m.service_accounts.len(), 1);
+        let ignored: Vec<(&str, u64)> = m
+            .ignored
+            .iter()
+            .map(|i| (i.name.as_str(), i.origin.line))
+            .collect();
+        assert_eq!(ignored, [("cfg", 3), ("pdb", 8)]);
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl LocalTarget {
     fn new(state: State, mesh: Option<LocalMesh>, declared: Manifests) -> Result<LocalTarget> {
         let ca_pem = std::fs::read_to_string(&state.ca)
             .with_context(|| format!("reading the mesh CA {}", state.ca.display()))?;
-        let issuer = Issuer::load(&state.issuer_key)?;
+        let issuer = Issuer::load(&state.issuer_key)?.named(crate::token::mesh_issuer(&declared));
         let control = ControlClient {
             socket: state.control.clone(),
         };
@@ -241,12 +241,12 @@ impl Target for LocalTarget {
                     .as_deref()
                     .ok_or_else(|| anyhow!("the mesh's Gateway serves no {scheme} port"))?
                     .parse()?;
-                req.host = "pyairtable.local".into();
+                req.host = self.state.ingress.host.clone();
                 let dial = if *https {
                     Dial::Tls {
                         addr,
                         config: tls::client_config(&self.ca_pem, None, &["http/1.1"])?,
-                        server_name: "localhost".into(),
+                        server_name: self.state.ingress.host.clone(),
                     }
                 } else {
                     Dial::Tcp(addr)

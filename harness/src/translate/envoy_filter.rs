@@ -141,12 +141,8 @@ mod tests {
             json!({"name": "envoy.filters.http.rbac"}),
             json!({"name": "envoy.filters.http.router"}),
         ];
-        patch_http_filters(
-            &m,
-            &Workload::ingress_gateway(),
-            Context::Gateway,
-            &mut filters,
-        )?;
+        let ingress = crate::model::Workload::ingress_gateway();
+        patch_http_filters(&m, &ingress, Context::Gateway, &mut filters)?;
         Ok(filters)
     }
 

@@ -258,7 +258,7 @@ pub fn ingress_gateway(
     placement: &dyn GatewayPlacement,
     endpoints: &Endpoints<'_>,
 ) -> Result<EnvoyConfig, InputError> {
-    let workload = Workload::ingress_gateway();
+    let workload = model.ingress.clone();
     let filters = http_filters(model, &workload, Context::Gateway, vec![fault()])?;
     let listeners = gateway::listeners(model, &workload, &filters, placement)?;
     let clusters = destination_rule::outbound_clusters(model, certs, endpoints)?;

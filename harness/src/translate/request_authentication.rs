@@ -117,7 +117,7 @@ mod tests {
         let m = model(&format!(
             "{EDGE}    jwks: '{{\"keys\":[]}}'\n    outputClaimToHeaders: [{{header: x-tenant-id, claim: tenant}}]\n"
         ));
-        let f = jwt_filter(&m, &Workload::ingress_gateway())
+        let f = jwt_filter(&m, &m.ingress)
             .unwrap()
             .unwrap();
         let cfg = &f["typed_config"];
@@ -143,7 +143,7 @@ mod tests {
         let mut m = model(&format!("{EDGE}    jwksUri: {uri}\n"));
         assert_eq!(m.jwks_uris(), [uri]);
         let local = |m: &MeshModel| {
-            jwt_filter(m, &Workload::ingress_gateway())
+            jwt_filter(m, &m.ingress)
                 .unwrap()
                 .unwrap()["typed_config"]["providers"]["origins-0"]["local_jwks"]["inline_string"]
                 .as_str()

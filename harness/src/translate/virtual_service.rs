@@ -216,6 +216,7 @@ fn route_match(
         Some(StringMatch::Exact(p)) => json!({"path": p}),
         Some(StringMatch::Prefix(p)) => json!({"prefix": p}),
         Some(StringMatch::Regex(r)) => json!({"safe_regex": {"regex": r}}),
+        Some(StringMatch::PathSeparatedPrefix(p)) => json!({"path_separated_prefix": p}),
     };
     let mut headers: Vec<Value> = Vec::new();
     for (name, sm) in &m.headers {
@@ -236,7 +237,7 @@ fn route_match(
 fn string_match(m: &StringMatch) -> Value {
     match m {
         StringMatch::Exact(v) => json!({"exact": v}),
-        StringMatch::Prefix(v) => json!({"prefix": v}),
+        StringMatch::Prefix(v) | StringMatch::PathSeparatedPrefix(v) => json!({"prefix": v}),
         StringMatch::Regex(v) => json!({"safe_regex": {"regex": v}}),
     }
 }

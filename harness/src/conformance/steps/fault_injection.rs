@@ -8,10 +8,9 @@ use std::time::Duration;
 use cucumber::{given, then, when};
 
 use crate::conformance::stats::{acceptance, clopper_pearson, power, sample_size};
-use crate::conformance::steps::jwt::INGRESS_HOST;
 use crate::conformance::steps::latency::{ingress_load, run_load};
 use crate::conformance::world::MeshWorld;
-use crate::declared::routes::{RouteRequest, gateway_route};
+use crate::declared::routes::{RouteRequest, gateway_route, ingress_host};
 use crate::declared::{DeclaredRoute, human};
 use crate::translate::duration;
 use crate::{broken, promise, unchecked};
@@ -26,7 +25,7 @@ const FACTOR: f64 = 3.0;
 /// The declared fault of the route `req` takes: (delay, delay share, abort status, abort share).
 fn declared_fault(w: &MeshWorld, req: &RouteRequest) -> (DeclaredRoute, Duration, f64, u16, f64) {
     let model = crate::declared::model(w.target.manifests());
-    let route = gateway_route(&model, INGRESS_HOST, req)
+    let route = gateway_route(&model, &ingress_host(&model), req)
         .unwrap_or_else(|| broken!("no ingress route serves {} {:?}", req.path, req.headers));
     let Some(fault) = route.fault.clone() else {
         broken!(

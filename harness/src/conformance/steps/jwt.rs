@@ -5,15 +5,12 @@ use cucumber::{given, then, when};
 
 use crate::conformance::steps::common::unreachable;
 use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
-use crate::declared::routes::{RouteRequest, gateway_route, gateway_virtual_services};
+use crate::declared::routes::{RouteRequest, gateway_route, gateway_virtual_services, ingress_host};
 use crate::manifest::istio::StringMatch;
-use crate::model::{MeshModel, Workload};
+use crate::model::MeshModel;
 use crate::target::{Call, From};
 use crate::token::{Breakage, Tier, TokenSpec};
 use crate::{promise, unchecked};
-
-/// The Host header ingress calls carry.
-pub const INGRESS_HOST: &str = "pyairtable.local";
 
 /// A token for `spec` from the target's test issuer.
 pub async fn token(w: &MeshWorld, spec: &TokenSpec) -> String {
@@ -43,7 +40,7 @@ async fn a_token(w: &mut MeshWorld, kind: String, tenant: String, tier: String) 
             ..base
         },
         _ => TokenSpec {
-            issuer: "someone-else".into(),
+            issuer: Some("someone-else".into()),
             ..base
         },
     };
@@ -96,6 +93,9 @@ fn probes(model: &MeshModel, prefix: &str) -> (Vec<RouteRequest>, Vec<String>) {
                 let path = match m.and_then(|m| m.uri.as_ref()) {
                     None => probe_path(prefix),
                     Some(StringMatch::Prefix(p)) if p.starts_with(prefix) => probe_path(p),
+                    Some(StringMatch::PathSeparatedPrefix(p)) if p.starts_with(prefix) => {
+                        probe_path(&format!("{p}/"))
+                    }
                     Some(StringMatch::Exact(p)) if p.starts_with(prefix) => p.clone(),
                     Some(StringMatch::Regex(_)) => {
                         skipped.push(format!("{}/{name}: a regex path", vs.name()));
@@ -108,7 +108,9 @@ fn probes(model: &MeshModel, prefix: &str) -> (Vec<RouteRequest>, Vec<String>) {
                 for (h, sm) in m.map(|m| &m.headers).into_iter().flatten() {
                     match sm {
                         StringMatch::Exact(v) => req = req.header(h, v),
-                        StringMatch::Prefix(v) => req = req.header(h, &format!("{v}x")),
+                        StringMatch::Prefix(v) | StringMatch::PathSeparatedPrefix(v) => {
+                            req = req.header(h, &format!("{v}x"))
+                        }
                         StringMatch::Regex(_) => ok = false,
                     }
                 }
@@ -122,7 +124,7 @@ fn probes(model: &MeshModel, prefix: &str) -> (Vec<RouteRequest>, Vec<String>) {
     }
     // Every path an edge AuthorizationPolicy names under the prefix (an opening there is
     // exactly what would let a request through without a token).
-    let ingress = Workload::ingress_gateway();
+    let ingress = &model.ingress;
     for p in &model.manifests.authorization_policies {
         if !ingress.selected_by(
             p.namespace(),
@@ -160,7 +162,7 @@ async fn api_needs_token(w: &mut MeshWorld, prefix: String) {
     let (probes, skipped) = probes(&model, &prefix);
     let probes: Vec<RouteRequest> = probes
         .into_iter()
-        .filter(|p| gateway_route(&model, INGRESS_HOST, p).is_some())
+        .filter(|p| gateway_route(&model, &ingress_host(&model), p).is_some())
         .collect();
     if probes.is_empty() {
         unchecked!("the gateway serves no route under {prefix} that a probe could reach");
@@ -169,7 +171,7 @@ async fn api_needs_token(w: &mut MeshWorld, prefix: String) {
     let bearer = format!("Bearer {}", token(w, &valid).await);
     let mut lines = Vec::new();
     for p in &probes {
-        let route = gateway_route(&model, INGRESS_HOST, p)
+        let route = gateway_route(&model, &ingress_host(&model), p)
             .map(|r| r.name)
             .unwrap_or_default();
         let mut call = ingress_call(w, &p.path, &p.headers);

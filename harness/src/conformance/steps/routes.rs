@@ -7,11 +7,11 @@ use cucumber::gherkin::Step;
 use cucumber::{given, then, when};
 
 use crate::conformance::steps::common::{observed, pods_of, requests_served, table, workload_call};
-use crate::conformance::steps::jwt::{INGRESS_HOST, ingress_call};
+use crate::conformance::steps::jwt::ingress_call;
 use crate::conformance::world::MeshWorld;
 use crate::declared::human;
 use crate::declared::routes::{
-    DeclaredRoute, RouteRequest, gateway_route, ingress_route_named, mesh_route, named_route,
+    DeclaredRoute, RouteRequest, gateway_route, ingress_host, ingress_route_named, mesh_route, named_route,
 };
 use crate::envoy::config_dump;
 use crate::model::MeshModel;
@@ -305,6 +305,6 @@ async fn counted(w: &mut MeshWorld, service: String) {
 /// The gateway route a request would take (for other steps' evidence).
 pub fn ingress_route_for(w: &MeshWorld, req: &RouteRequest) -> DeclaredRoute {
     let model = crate::declared::model(w.target.manifests());
-    gateway_route(&model, INGRESS_HOST, req)
+    gateway_route(&model, &ingress_host(&model), req)
         .unwrap_or_else(|| broken!("no ingress route serves {} {:?}", req.path, req.headers))
 }
