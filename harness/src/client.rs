@@ -151,7 +151,11 @@ where
         .method(req.method.as_str())
         .uri(&req.path);
     // A Host among the headers (`call -H 'host: ...'`) replaces the default one.
-    if !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+    if !req
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
         builder = builder.header("host", &req.host);
     }
     for (k, v) in &req.headers {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod conformance;
 pub mod declared;
+pub mod derive;
 pub mod envoy;
 pub mod error;
 pub mod local;

@@ -406,13 +406,11 @@ impl MeshModel {
     }
 
     pub fn pods_of<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods
-            .iter()
-            .filter(move |p| {
-                p.namespace == service.namespace
-                    && !service.selector.is_empty()
-                    && labels_match(&service.selector, &p.labels)
-            })
+        self.pods.iter().filter(move |p| {
+            p.namespace == service.namespace
+                && !service.selector.is_empty()
+                && labels_match(&service.selector, &p.labels)
+        })
     }
 
     /// The service a pod belongs to.
@@ -524,7 +522,11 @@ mod tests {
         let m = with(api).unwrap();
         assert_eq!(m.ingress.namespace, "shop");
         assert_eq!(m.ingress.labels[GATEWAY_NAME_LABEL], "edge");
-        let both = format!("{helm}---\n{}", helm.replace("istio: ingress", "istio: ingressgateway").replace("name: g", "name: h"));
+        let both = format!(
+            "{helm}---\n{}",
+            helm.replace("istio: ingress", "istio: ingressgateway")
+                .replace("name: g", "name: h")
+        );
         let err = with(&both).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.selector"), "{err}");
         assert!(err.message.contains("one ingress gateway"), "{err}");

@@ -303,7 +303,9 @@ mod tests {
         assert_eq!(mesh_issuer(&m), "testing@secure.istio.io");
         let named = Issuer::generate().unwrap().named(mesh_issuer(&m));
         let token = named.mint(&TokenSpec::new("acme", Tier::Free)).unwrap();
-        let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap();
+        let payload = URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap();
         let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(claims["iss"], "testing@secure.istio.io");
     }

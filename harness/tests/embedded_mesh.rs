@@ -161,7 +161,7 @@ async fn the_edge_requires_a_valid_jwt_on_api_but_not_on_health() {
                 bearer(
                     mesh,
                     TokenSpec {
-                        issuer: "evil".into(),
+                        issuer: Some("evil".into()),
                         ..valid.clone()
                     },
                 )

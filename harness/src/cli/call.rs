@@ -75,21 +75,11 @@ pub async fn run(a: CallArgs) -> Result<u8> {
     }
     let state = super::mesh::read_running_state()?;
     let target = LocalTarget::attach(state)?;
+    let names = crate::conformance::validate::Names::of_target(&target);
     let known = |flag: &str, name: &str| -> Result<(), InputError> {
-        let (name, _) = crate::target::split_port(name);
-        let pods = target.pods();
-        if pods.iter().any(|p| p.name == name || p.service == name) {
-            return Ok(());
-        }
-        let mut services: Vec<String> = pods.into_iter().map(|p| p.service).collect();
-        services.dedup();
-        Err(InputError::new(
-            flag,
-            format!(
-                "no service or pod named `{name}` in the running mesh (services: {})",
-                services.join(", ")
-            ),
-        ))
+        names
+            .check_workload(name)
+            .map_err(|e| InputError::new(flag, e))
     };
     if let Some(from) = &a.from {
         known("--from", from)?;

@@ -2,6 +2,7 @@
 
 mod call;
 mod chaos;
+mod derive;
 mod load;
 mod mesh;
 mod run;
@@ -46,6 +47,8 @@ enum Command {
     Call(call::CallArgs),
     /// Run a chaos profile against the mesh under load (or: revert, list, note).
     Chaos(Box<chaos::ChaosArgs>),
+    /// Write Gherkin features derived from a mesh's own policies (mTLS, authorization, ingress).
+    Derive(derive::DeriveArgs),
     /// Run the test workload (echo + control API) that every pod of the mesh runs.
     Agent(crate::agent::AgentArgs),
 }
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
                 Command::Chaos(a) => chaos::chaos(*a).await,
                 Command::Load(a) => load::load(*a).await,
                 Command::Report(c) => load::report(c),
+                Command::Derive(a) => derive::run(a),
                 Command::Agent(a) => {
                     let agent = crate::agent::Agent::start(a.into_config()?).await?;
                     let listen: Vec<String> = agent

@@ -50,13 +50,26 @@ impl Names {
 
     pub fn of_target(target: &dyn crate::target::Target) -> Names {
         let pods = target.pods();
+        // Every Service, including those that select pods another Service places.
         let mut services: Vec<String> = pods.iter().map(|p| p.service.clone()).collect();
+        services.extend(
+            target
+                .manifests()
+                .services
+                .iter()
+                .map(|s| s.name().to_string()),
+        );
         services.sort();
         services.dedup();
         Names {
             services,
             pods: pods.into_iter().map(|p| p.name).collect(),
         }
+    }
+
+    /// Checks that a service or pod of that name (SERVICE[:PORT] too) exists.
+    pub fn check_workload(&self, value: &str) -> Result<(), String> {
+        self.check("workload", value)
     }
 
     /// Checks a captured name by its group's kind (`service*`, `pod*`, `workload*`).

@@ -5,6 +5,7 @@
 //! Defaults are Istio's and Envoy's where a field is unset, so "declared" means "what the
 //! mesh will do if it does what its config says".
 
+pub mod authorization;
 pub mod rate_limit;
 pub mod routes;
 pub mod traffic;

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::Resource;
 use super::istio::{
-    Destination, GatewayPort, GatewaySpec, GatewayServer, HttpMatch, HttpRoute, PortSelector,
+    Destination, GatewayPort, GatewayServer, GatewaySpec, HttpMatch, HttpRoute, PortSelector,
     RouteDestination, ServerTls, StringMatch, VirtualServiceSpec,
 };
-use super::Resource;
 use crate::error::InputError;
 
 /// The label Istio puts on the deployment it runs for a Gateway API Gateway.
@@ -168,9 +168,7 @@ pub struct Timeouts {
 
 /// What a Gateway API Gateway becomes: `None` when its class is not Istio's (another
 /// controller serves it; nothing in the mesh changes).
-pub fn gateway(
-    gw: &Resource<K8sGatewaySpec>,
-) -> Result<Option<Resource<GatewaySpec>>, InputError> {
+pub fn gateway(gw: &Resource<K8sGatewaySpec>) -> Result<Option<Resource<GatewaySpec>>, InputError> {
     let class = gw.spec.gateway_class_name.as_str();
     if class != ISTIO_CLASS {
         if class.starts_with("istio") {
@@ -255,9 +253,10 @@ pub fn http_route(
         }
     }
     if gateways.is_empty() {
-        return Err(route
-            .origin
-            .error("spec.parentRefs", "an HTTPRoute without parentRefs attaches to nothing"));
+        return Err(route.origin.error(
+            "spec.parentRefs",
+            "an HTTPRoute without parentRefs attaches to nothing",
+        ));
     }
     let hosts = if !mesh_hosts.is_empty() {
         mesh_hosts
@@ -376,10 +375,9 @@ fn backends(
     for (k, b) in rule.backend_refs.iter().enumerate() {
         let f = format!("{field}.backendRefs[{k}]");
         if b.kind.as_deref().is_some_and(|k| k != "Service") {
-            return Err(route.origin.error(
-                &format!("{f}.kind"),
-                "only Service backends are translated",
-            ));
+            return Err(route
+                .origin
+                .error(&format!("{f}.kind"), "only Service backends are translated"));
         }
         let port = b.port.ok_or_else(|| {
             route
@@ -433,7 +431,12 @@ mod tests {
         let vs = &m.virtual_services[0];
         assert_eq!(vs.spec.gateways, ["default/bookinfo-gateway"]);
         assert_eq!(vs.spec.hosts, ["*"]);
-        let uris: Vec<_> = vs.spec.http.iter().map(|h| h.matches[0].uri.clone()).collect();
+        let uris: Vec<_> = vs
+            .spec
+            .http
+            .iter()
+            .map(|h| h.matches[0].uri.clone())
+            .collect();
         assert_eq!(
             uris,
             [
@@ -442,7 +445,10 @@ mod tests {
             ]
         );
         let d = &vs.spec.http[0].route[0];
-        assert_eq!((d.destination.host.as_str(), d.weight), ("productpage", None));
+        assert_eq!(
+            (d.destination.host.as_str(), d.weight),
+            ("productpage", None)
+        );
         assert_eq!(d.destination.port.as_ref().unwrap().number, 9080);
     }
 
@@ -479,7 +485,11 @@ mod tests {
         assert_eq!(err.line, Some(7), "{err}");
         assert_eq!(err.field.as_deref(), Some("filters"), "{err}");
         let err = load("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: t, port: 9000, protocol: TCP}]\n").unwrap_err();
-        assert_eq!(err.field.as_deref(), Some("spec.listeners[0].protocol"), "{err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.listeners[0].protocol"),
+            "{err}"
+        );
         let other = load("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  gatewayClassName: eg\n  listeners: [{name: h, port: 80, protocol: HTTP}]\n").unwrap();
         assert!(other.gateways.is_empty());
         assert!(other.ignored[0].why.contains("`eg`"));

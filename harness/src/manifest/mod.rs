@@ -458,7 +458,9 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_an_error() {
-        let err = load("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: x\n").unwrap_err();
+        let err =
+            load("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: x\n")
+                .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("kind"));
     }
 

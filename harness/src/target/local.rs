@@ -206,11 +206,17 @@ impl Target for LocalTarget {
             From::Workload(from) => {
                 // Validate the caller and the callee before asking the agent.
                 self.pod(from)?;
-                let to = self.pod(name)?;
+                // A Service by its name (it may select pods another Service places), else the
+                // service of the pod named.
+                let service = if self.declared.services.iter().any(|s| s.name() == name) {
+                    name.to_string()
+                } else {
+                    self.pod(name)?.service.clone()
+                };
                 let order = CallOrder {
                     to: match port {
-                        Some(p) => format!("{}:{p}", to.service),
-                        None => to.service.clone(),
+                        Some(p) => format!("{service}:{p}"),
+                        None => service,
                     },
                     path: call.path.clone(),
                     method: call.method.clone(),

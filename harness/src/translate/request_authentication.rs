@@ -117,9 +117,7 @@ mod tests {
         let m = model(&format!(
             "{EDGE}    jwks: '{{\"keys\":[]}}'\n    outputClaimToHeaders: [{{header: x-tenant-id, claim: tenant}}]\n"
         ));
-        let f = jwt_filter(&m, &m.ingress)
-            .unwrap()
-            .unwrap();
+        let f = jwt_filter(&m, &m.ingress).unwrap().unwrap();
         let cfg = &f["typed_config"];
         assert_eq!(cfg["providers"]["origins-0"]["issuer"], "pyairtable-auth");
         assert_eq!(

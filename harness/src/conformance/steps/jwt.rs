@@ -5,7 +5,9 @@ use cucumber::{given, then, when};
 
 use crate::conformance::steps::common::unreachable;
 use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
-use crate::declared::routes::{RouteRequest, gateway_route, gateway_virtual_services, ingress_host};
+use crate::declared::routes::{
+    RouteRequest, gateway_route, gateway_virtual_services, ingress_host,
+};
 use crate::manifest::istio::StringMatch;
 use crate::model::MeshModel;
 use crate::target::{Call, From};

@@ -11,7 +11,8 @@ use crate::conformance::steps::jwt::ingress_call;
 use crate::conformance::world::MeshWorld;
 use crate::declared::human;
 use crate::declared::routes::{
-    DeclaredRoute, RouteRequest, gateway_route, ingress_host, ingress_route_named, mesh_route, named_route,
+    DeclaredRoute, RouteRequest, gateway_route, ingress_host, ingress_route_named, mesh_route,
+    named_route,
 };
 use crate::envoy::config_dump;
 use crate::model::MeshModel;

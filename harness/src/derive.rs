@@ -1,0 +1,377 @@
+//! `meshtest derive`: Gherkin features written from a mesh's own policies (mTLS per pod port,
+//! the authorization matrix, ingress routes), meant to be read and committed. Each expectation
+//! is decided from the manifests by `declared`, never by running the mesh, so a suite derived
+//! today fails when a policy is loosened tomorrow.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use crate::declared::authorization::{Ask, Caller, decide};
+use crate::manifest::istio::{MtlsMode, StringMatch};
+use crate::model::{MeshModel, Pod, Workload};
+use crate::translate::peer_authentication::effective_mode;
+
+/// One feature file: its name and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    pub file: String,
+    pub text: String,
+    pub scenarios: usize,
+}
+
+/// The path a matrix call asks for when no policy names one.
+const DEFAULT_PATH: &str = "/health";
+
+/// Every feature the mesh's policies give, in a stable order.
+pub fn features(model: &MeshModel, source: &str) -> Vec<Feature> {
+    [
+        mtls(model, source),
+        authorization(model, source),
+        ingress(model, source),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn header(title: &str, about: &str, source: &str) -> String {
+    format!(
+        "# Derived by `meshtest derive` from {source}. Regenerate it after changing the mesh\n# on purpose; a failure here means the mesh no longer does what its policies said.\nFeature: {title}\n  {about}\n\n  Background:\n    Given the mesh is running\n"
+    )
+}
+
+fn mode_name(m: MtlsMode) -> &'static str {
+    match m {
+        MtlsMode::Strict => "STRICT",
+        MtlsMode::Permissive | MtlsMode::Unset => "PERMISSIVE",
+        MtlsMode::Disable => "DISABLE",
+    }
+}
+
+/// Each service port with the one mode every pod behind it has (ports whose pods disagree are
+/// left out: no single promise holds for them).
+fn declared_modes(model: &MeshModel) -> Vec<(String, MtlsMode)> {
+    let mut out = Vec::new();
+    for service in &model.services {
+        for port in &service.ports {
+            let modes: BTreeSet<&str> = model
+                .pods_of(service)
+                .map(|p| {
+                    mode_name(effective_mode(
+                        &model.manifests,
+                        &Workload::of(p),
+                        port.target_port,
+                    ))
+                })
+                .collect();
+            if modes.len() == 1 {
+                let m = effective_mode(
+                    &model.manifests,
+                    &Workload::of(model.pods_of(service).next().expect("one pod")),
+                    port.target_port,
+                );
+                out.push((format!("{}:{}", service.name, port.port), m));
+            }
+        }
+    }
+    out
+}
+
+fn mtls(model: &MeshModel, source: &str) -> Option<Feature> {
+    let modes = declared_modes(model);
+    if modes.is_empty() {
+        return None;
+    }
+    let mut text = header(
+        "mTLS as the PeerAuthentications declare it",
+        "Every service port keeps the mode declared for it; STRICT ports refuse plaintext from a live proxy.",
+        source,
+    );
+    text.push_str(
+        "\n  Scenario: Every pod port answers plaintext only if its declared mode allows it\n",
+    );
+    for (i, (target, m)) in modes.iter().enumerate() {
+        let kw = if i == 0 { "Given" } else { "And" };
+        let _ = writeln!(
+            text,
+            "    {kw} the PeerAuthentications declare {} mTLS for {target}",
+            mode_name(*m)
+        );
+    }
+    text.push_str(
+        "    Then every pod port answers plaintext from outside the mesh as its declared mTLS mode says\n",
+    );
+    let strict: Vec<&String> = modes
+        .iter()
+        .filter(|(_, m)| *m == MtlsMode::Strict)
+        .map(|(t, _)| t)
+        .collect();
+    let mut scenarios = 1;
+    if !strict.is_empty() {
+        text.push_str("\n  Scenario Outline: Plaintext to <service> is refused by its live proxy\n    Given the PeerAuthentications declare STRICT mTLS for <service>\n    When a client outside the mesh calls <service> at /health over plaintext\n    Then the connection is refused without an HTTP response by a live proxy\n\n    Examples:\n");
+        text.push_str(&table(
+            &["service"],
+            strict.iter().map(|t| vec![t.to_string()]).collect(),
+        ));
+        scenarios += strict.len();
+    }
+    Some(Feature {
+        file: "mtls.feature".into(),
+        text,
+        scenarios,
+    })
+}
+
+/// How a feature names the caller with `pod`'s identity: its service when every pod of the
+/// service runs as the same account, else the pod.
+fn caller_name(model: &MeshModel, pod: &Pod) -> String {
+    let service = model.service_of(pod);
+    let same = model
+        .pods_of(service)
+        .all(|p| p.service_account == pod.service_account);
+    if same && pod.service == service.name {
+        service.name.clone()
+    } else {
+        pod.name.clone()
+    }
+}
+
+/// A path the workload's policies name (so the matrix exercises them), else the default.
+fn probe_path(model: &MeshModel, workload: &Workload) -> String {
+    let named = model
+        .manifests
+        .authorization_policies
+        .iter()
+        .filter(|p| {
+            workload.selected_by(
+                p.namespace(),
+                p.spec.selector.as_ref().map(|s| &s.match_labels),
+            )
+        })
+        .flat_map(|p| p.spec.rules.iter().flatten())
+        .flat_map(|r| r.to.iter())
+        .flat_map(|t| t.operation.paths.iter())
+        .next();
+    match named {
+        None => DEFAULT_PATH.into(),
+        Some(p) if p == "*" => DEFAULT_PATH.into(),
+        Some(p) => match (p.strip_suffix('*'), p.strip_prefix('*')) {
+            (Some(prefix), _) => format!("{prefix}meshtest-probe"),
+            (_, Some(suffix)) => format!("/meshtest-probe{suffix}"),
+            _ => p.clone(),
+        },
+    }
+}
+
+fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
+    // One caller per identity.
+    let mut seen = BTreeSet::new();
+    let callers: Vec<&Pod> = model
+        .pods
+        .iter()
+        .filter(|p| seen.insert((p.namespace.clone(), p.service_account.clone())))
+        .collect();
+    let mut rows = Vec::new();
+    for callee in &model.services {
+        let Some(pod) = model.pods_of(callee).next() else {
+            continue;
+        };
+        let workload = Workload::of(pod);
+        let path = probe_path(model, &workload);
+        for port in &callee.ports {
+            for caller in &callers {
+                let who = Caller::workload(&caller.namespace, &caller.service_account);
+                let ask = Ask {
+                    port: port.target_port,
+                    path: &path,
+                    method: "GET",
+                };
+                let d = decide(&model.manifests, &workload, &who, &ask);
+                rows.push(vec![
+                    caller_name(model, caller),
+                    format!("{}:{}", callee.name, port.port),
+                    path.clone(),
+                    if d.allowed() {
+                        "allowed"
+                    } else {
+                        "denied by RBAC"
+                    }
+                    .to_string(),
+                    d.reason(),
+                ]);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let mut text = header(
+        "Authorization as the AuthorizationPolicies decide it",
+        "Every workload identity calls every service port; each call is allowed or denied as the policies decide.",
+        source,
+    );
+    text.push_str("\n  Scenario Outline: <caller> calling <callee> at <path> is <verdict>\n    When <caller> calls <callee> at <path>\n    Then the call is <verdict>\n\n    Examples:\n");
+    let scenarios = rows.len();
+    text.push_str(&table(
+        &["caller", "callee", "path", "verdict", "decided by"],
+        rows,
+    ));
+    Some(Feature {
+        file: "authorization.feature".into(),
+        text,
+        scenarios,
+    })
+}
+
+/// A request path that a gateway route's match takes, if a plain one does.
+fn route_path(m: Option<&StringMatch>) -> Option<String> {
+    match m {
+        None => Some("/".into()),
+        Some(StringMatch::Exact(p)) => Some(p.clone()),
+        Some(StringMatch::Prefix(p)) => Some(p.clone()),
+        Some(StringMatch::PathSeparatedPrefix(p)) => Some(p.clone()),
+        Some(StringMatch::Regex(_)) => None,
+    }
+}
+
+fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
+    let mut rows = Vec::new();
+    let mut seen = BTreeSet::new();
+    let gateway_port = model
+        .manifests
+        .gateways
+        .iter()
+        .flat_map(|g| g.spec.servers.iter())
+        .find(|s| s.port.protocol == "HTTP")
+        .map(|s| s.port.number)?;
+    for vs in crate::declared::routes::gateway_virtual_services(model) {
+        for http in &vs.spec.http {
+            // Faults answer for the route; the fault features check them.
+            if http.fault.is_some() {
+                continue;
+            }
+            let matches: Vec<_> = if http.matches.is_empty() {
+                vec![None]
+            } else {
+                http.matches.iter().map(Some).collect()
+            };
+            for m in matches {
+                // Header, method or regex conditions need more than a path: left out.
+                if m.is_some_and(|m| !m.headers.is_empty() || m.method.is_some()) {
+                    continue;
+                }
+                let Some(path) = route_path(m.and_then(|m| m.uri.as_ref())) else {
+                    continue;
+                };
+                let req = crate::declared::RouteRequest::get(&path);
+                let host = crate::declared::routes::ingress_host(model);
+                // Only the route the request really takes (an earlier one may shadow it).
+                if crate::declared::routes::gateway_route(model, &host, &req)
+                    .is_none_or(|r| r.fault.is_some())
+                    || !seen.insert(path.clone())
+                {
+                    continue;
+                }
+                let ask = Ask {
+                    port: gateway_port,
+                    path: &path,
+                    method: "GET",
+                };
+                let d = decide(
+                    &model.manifests,
+                    &model.ingress,
+                    &Caller { principal: None },
+                    &ask,
+                );
+                rows.push(vec![
+                    path,
+                    if d.allowed() {
+                        "allowed"
+                    } else {
+                        "denied by RBAC"
+                    }
+                    .to_string(),
+                    d.reason(),
+                ]);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let mut text = header(
+        "Ingress routes answer as the gateway's routes and policies declare",
+        "A request without a token on each gateway route reaches its backend or is denied as the policies decide.",
+        source,
+    );
+    text.push_str("\n  Scenario Outline: <path> through the ingress is <verdict>\n    Given no token\n    When the client calls <path> through the ingress\n    Then the call is <verdict>\n\n    Examples:\n");
+    let scenarios = rows.len();
+    text.push_str(&table(&["path", "verdict", "decided by"], rows));
+    Some(Feature {
+        file: "ingress.feature".into(),
+        text,
+        scenarios,
+    })
+}
+
+/// A Gherkin table, columns padded.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("      | {} |\n", padded.join(" | "))
+    };
+    let mut out = line(headers.to_vec());
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pyairtable_mesh_derives_its_matrix_and_strict_ports() {
+        let model = crate::translate::tests::pyairtable_model();
+        let fs = features(&model, "mesh/pyairtable");
+        let names: Vec<&str> = fs.iter().map(|f| f.file.as_str()).collect();
+        assert_eq!(
+            names,
+            ["mtls.feature", "authorization.feature", "ingress.feature"]
+        );
+        let mtls = &fs[0].text;
+        assert!(
+            mtls.contains("declare PERMISSIVE mTLS for auth-service:8081"),
+            "{mtls}"
+        );
+        assert!(mtls.contains("| auth-service:8080"), "{mtls}");
+        let authz = &fs[1].text;
+        // features/authz.feature's matrix, decided from the policies alone.
+        for (caller, callee, verdict) in [
+            ("api-gateway", "auth-service:8080", "allowed"),
+            ("auth-service", "airtable-gateway:8080", "denied by RBAC"),
+            ("workflow-engine", "llm-orchestrator:8080", "allowed"),
+            ("llm-orchestrator", "api-gateway:8080", "denied by RBAC"),
+        ] {
+            let row = authz
+                .lines()
+                .find(|l| {
+                    let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                    cells.get(1) == Some(&caller) && cells.get(2) == Some(&callee)
+                })
+                .unwrap_or_else(|| panic!("no row {caller} -> {callee}:\n{authz}"));
+            assert!(row.contains(verdict), "{row}");
+        }
+    }
+}
