@@ -7,6 +7,7 @@ Feature: JWT enforcement at the edge
 
   Background:
     Given the mesh is running
+    And the gateway trusts tokens from issuer pyairtable-auth
 
   Scenario: /health needs no token
     Given no token

@@ -136,8 +136,11 @@ fn caller_name(model: &MeshModel, pod: &Pod) -> String {
     }
 }
 
-/// A path the workload's policies name (so the matrix exercises them), else the default.
-fn probe_path(model: &MeshModel, workload: &Workload) -> String {
+/// The paths a matrix call asks for: the default, then each path the workload's policies name
+/// (a wildcard filled in), so that both the policies' general rules and their path rules are
+/// exercised.
+fn probe_paths(model: &MeshModel, workload: &Workload) -> Vec<String> {
+    let mut paths = vec![DEFAULT_PATH.to_string()];
     let named = model
         .manifests
         .authorization_policies
@@ -150,17 +153,19 @@ fn probe_path(model: &MeshModel, workload: &Workload) -> String {
         })
         .flat_map(|p| p.spec.rules.iter().flatten())
         .flat_map(|r| r.to.iter())
-        .flat_map(|t| t.operation.paths.iter())
-        .next();
-    match named {
-        None => DEFAULT_PATH.into(),
-        Some(p) if p == "*" => DEFAULT_PATH.into(),
-        Some(p) => match (p.strip_suffix('*'), p.strip_prefix('*')) {
+        .flat_map(|t| t.operation.paths.iter().chain(&t.operation.not_paths));
+    for p in named {
+        let path = match (p.strip_suffix('*'), p.strip_prefix('*')) {
+            _ if p == "*" => continue,
             (Some(prefix), _) => format!("{prefix}meshtest-probe"),
             (_, Some(suffix)) => format!("/meshtest-probe{suffix}"),
             _ => p.clone(),
-        },
+        };
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
     }
+    paths
 }
 
 fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
@@ -177,13 +182,16 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
             continue;
         };
         let workload = Workload::of(pod);
-        let path = probe_path(model, &workload);
+        let paths = probe_paths(model, &workload);
         for port in &callee.ports {
-            for caller in &callers {
+            for (caller, path) in callers
+                .iter()
+                .flat_map(|c| paths.iter().map(move |p| (c, p)))
+            {
                 let who = Caller::workload(&caller.namespace, &caller.service_account);
                 let ask = Ask {
                     port: port.target_port,
-                    path: &path,
+                    path,
                     method: "GET",
                 };
                 let d = decide(&model.manifests, &workload, &who, &ask);

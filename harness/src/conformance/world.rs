@@ -34,6 +34,9 @@ pub struct MeshWorld {
     pub batch: Option<Batch>,
     /// Authorization header to send on ingress calls.
     pub token: Option<String>,
+    /// The issuer tokens name (a feature's "the gateway trusts tokens from issuer X"), else
+    /// the mesh's own.
+    pub issuer: Option<String>,
     /// Tenants by the name the feature uses -> (unique tenant id, tier).
     pub tenants: HashMap<String, (String, crate::token::Tier)>,
     /// Per tenant: how draining its bucket went.
@@ -145,6 +148,7 @@ impl MeshWorld {
             last_call: None,
             batch: None,
             token: None,
+            issuer: None,
             tenants: HashMap::new(),
             rate_limited: HashMap::new(),
             stats_before: HashMap::new(),

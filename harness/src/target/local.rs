@@ -29,8 +29,9 @@ pub struct LocalTarget {
     /// to the owner through its control socket.
     mesh: Option<LocalMesh>,
     control: ControlClient,
-    /// The manifests the mesh was started from.
+    /// The manifests the mesh was started from, and the model they build.
     declared: Manifests,
+    model: crate::model::MeshModel,
 }
 
 impl LocalTarget {
@@ -53,6 +54,7 @@ impl LocalTarget {
         let control = ControlClient {
             socket: state.control.clone(),
         };
+        let model = crate::model::MeshModel::build(declared.clone())?;
         Ok(LocalTarget {
             state,
             ca_pem,
@@ -60,6 +62,7 @@ impl LocalTarget {
             mesh,
             control,
             declared,
+            model,
         })
     }
 
@@ -232,6 +235,16 @@ impl Target for LocalTarget {
             }
             From::Outside(transport) => {
                 let pod = self.pod(name)?;
+                // SERVICE:PORT names the service's port; the pod serves its target port.
+                let port = match (port, self.model.service(name)) {
+                    (Some(p), Some(service)) => Some(
+                        service
+                            .port(p)
+                            .map(|sp| sp.target_port)
+                            .with_context(|| format!("service {name} has no port {p}"))?,
+                    ),
+                    (port, _) => port,
+                };
                 let addr = self.pod_address(pod, port)?;
                 req.host = format!("{}:{}", pod.service, addr.port());
                 let dial = self.outside_dial(*transport, pod, addr)?;

@@ -36,9 +36,17 @@ pub async fn start(dir: &Path) -> LocalTarget {
 
 /// A copy of the PyAirtable manifests with `edit(file name, text)` applied to each file.
 pub fn mesh_copy(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
+    mesh_copy_of(&pyairtable_dir(), edit)
+}
+
+/// A copy of the manifests in `src` (its files, not its subdirectories) with `edit` applied.
+pub fn mesh_copy_of(src: &Path, edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    for entry in std::fs::read_dir(pyairtable_dir()).expect("mesh dir") {
+    for entry in std::fs::read_dir(src).expect("mesh dir") {
         let path = entry.expect("entry").path();
+        if !path.is_file() {
+            continue;
+        }
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&path).expect("read manifest");
         std::fs::write(dir.path().join(&name), edit(&name, text)).expect("write manifest");

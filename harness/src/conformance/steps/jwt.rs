@@ -14,9 +14,14 @@ use crate::target::{Call, From};
 use crate::token::{Breakage, Tier, TokenSpec};
 use crate::{promise, unchecked};
 
-/// A token for `spec` from the target's test issuer.
+/// A token for `spec` from the target's test issuer (named as the feature says the gateway
+/// trusts, if it says).
 pub async fn token(w: &MeshWorld, spec: &TokenSpec) -> String {
-    match w.target.mint_token(spec).await {
+    let spec = TokenSpec {
+        issuer: spec.issuer.clone().or_else(|| w.issuer.clone()),
+        ..spec.clone()
+    };
+    match w.target.mint_token(&spec).await {
         Ok(t) => t,
         Err(e) => unchecked!("minting a token: {e:#}"),
     }
@@ -47,6 +52,44 @@ async fn a_token(w: &mut MeshWorld, kind: String, tenant: String, tier: String) 
         },
     };
     w.token = Some(format!("Bearer {}", token(w, &spec).await));
+}
+
+/// The issuer the suite's tokens name is the suite's promise, not read back from the mesh: a
+/// RequestAuthentication edited to trust another issuer breaks it.
+#[given(regex = r"^the gateway trusts tokens from issuer (\S+)$")]
+async fn gateway_trusts(w: &mut MeshWorld, issuer: String) {
+    let model = crate::declared::model(w.target.manifests());
+    let trusted: Vec<String> = model
+        .manifests
+        .request_authentications
+        .iter()
+        .filter(|r| {
+            model.ingress.selected_by(
+                r.namespace(),
+                r.spec.selector.as_ref().map(|s| &s.match_labels),
+            )
+        })
+        .flat_map(|r| {
+            r.spec
+                .jwt_rules
+                .iter()
+                .map(move |j| (j.issuer.clone(), crate::declared::where_(Some(&r.origin))))
+        })
+        .map(|(i, at)| format!("{i} ({at})"))
+        .collect();
+    promise!(
+        trusted
+            .iter()
+            .any(|t| t.split(' ').next() == Some(issuer.as_str())),
+        "the promise is that the gateway trusts issuer {issuer}; its RequestAuthentications trust {}",
+        if trusted.is_empty() {
+            "none".to_string()
+        } else {
+            trusted.join(", ")
+        }
+    );
+    w.evidence(format!("the gateway trusts {issuer}"));
+    w.issuer = Some(issuer);
 }
 
 #[given("a token that is not a JWT")]
