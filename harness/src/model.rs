@@ -210,6 +210,7 @@ pub struct MeshModel {
 
 impl MeshModel {
     pub fn build(manifests: Manifests) -> Result<MeshModel, InputError> {
+        crate::manifest::annotations::check(&manifests)?;
         if manifests.services.len() > MAX_SERVICES {
             let s = &manifests.services[MAX_SERVICES];
             return Err(s.origin.error(

@@ -69,6 +69,8 @@ pub fn decide(manifests: &Manifests, workload: &Workload, caller: &Caller, ask: 
                 p.spec.selector.as_ref().map(|s| &s.match_labels),
             )
         })
+        // A dry-run policy decides nothing (translation refuses a bad annotation value).
+        .filter(|p| !crate::translate::authorization_policy::dry_run(p).unwrap_or(false))
         .collect();
     let name = |p: &Resource<AuthorizationPolicySpec>| format!("{}/{}", p.namespace(), p.name());
     let of = |action: AuthzAction| {
@@ -118,7 +120,8 @@ fn source(s: &AuthzSource, caller: &Caller) -> bool {
         && !any_of(&s.not_principals, principal)
         && (s.namespaces.is_empty() || any_of(&s.namespaces, namespace))
         && !any_of(&s.not_namespaces, namespace)
-        // A request without a token has no request principal.
+        // A request without a token has no request principal: `requestPrincipals` never
+        // match it, `notRequestPrincipals` always do.
         && s.request_principals.is_empty()
 }
 

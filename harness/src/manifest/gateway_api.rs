@@ -290,7 +290,7 @@ pub fn http_route(
     }
     // The Gateway API orders by match, not by position: exact paths, then longer prefixes,
     // then method, then more headers; ties keep their order (a stable sort).
-    http.sort_by(|a, b| b.0.cmp(&a.0));
+    http.sort_by_key(|r| std::cmp::Reverse(r.0));
     Ok(Resource {
         metadata: route.metadata.clone(),
         spec: VirtualServiceSpec {

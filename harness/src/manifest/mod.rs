@@ -4,6 +4,8 @@
 //! Istio specs deny unknown fields: a field meshtest cannot translate must be an error, never
 //! silently dropped (a dropped security field is a false pass).
 
+pub mod annotations;
+pub mod coverage;
 pub mod gateway_api;
 pub mod istio;
 pub mod kube;

@@ -31,27 +31,57 @@ pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Result<Vec<Va
         .collect();
     let mut filters = Vec::new();
     for (action, name) in [(AuthzAction::Deny, "DENY"), (AuthzAction::Allow, "ALLOW")] {
-        let of_action: Vec<_> = applicable
-            .iter()
-            .filter(|p| p.spec.action.unwrap_or(AuthzAction::Allow) == action)
-            .collect();
-        if of_action.is_empty() {
+        let of_action = |dry: bool| -> Result<Vec<&&Resource<_>>, InputError> {
+            let mut out = Vec::new();
+            for p in &applicable {
+                if p.spec.action.unwrap_or(AuthzAction::Allow) == action && dry_run(p)? == dry {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        };
+        let (enforced, shadow) = (of_action(false)?, of_action(true)?);
+        if enforced.is_empty() && shadow.is_empty() {
             continue;
         }
-        let mut policies = Map::new();
-        for p in of_action {
-            for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
-                let key = format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace(), p.name());
-                policies.insert(key, policy(rule));
+        let rules = |of: &[&&Resource<AuthorizationPolicySpec>]| {
+            let mut policies = Map::new();
+            for p in of {
+                for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
+                    let key = format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace(), p.name());
+                    policies.insert(key, policy(rule));
+                }
             }
+            json!({"action": name, "policies": policies})
+        };
+        let mut config = json!({"@type": RBAC_TYPE});
+        if !enforced.is_empty() {
+            config["rules"] = rules(&enforced);
         }
-        filters.push(json!({
-            "name": "envoy.filters.http.rbac",
-            "typed_config": {"@type": RBAC_TYPE, "rules": {"action": name, "policies": policies}},
-        }));
+        // Dry-run policies are evaluated and counted, never enforced (Istio's shadow rules).
+        if !shadow.is_empty() {
+            config["shadow_rules"] = rules(&shadow);
+            config["shadow_rules_stat_prefix"] =
+                json!(format!("istio_dry_run_{}_", name.to_ascii_lowercase()));
+        }
+        filters.push(json!({"name": "envoy.filters.http.rbac", "typed_config": config}));
     }
     Ok(filters)
 }
+
+/// The `istio.io/dry-run` annotation: "true" puts the policy in shadow mode.
+pub fn dry_run(p: &Resource<AuthorizationPolicySpec>) -> Result<bool, InputError> {
+    match p.metadata.annotations.get(DRY_RUN).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(p.origin.error(
+            &format!("metadata.annotations.{DRY_RUN}"),
+            format!("`{other}` is not \"true\" or \"false\""),
+        )),
+    }
+}
+
+pub const DRY_RUN: &str = "istio.io/dry-run";
 
 /// Ports in rules must be port numbers (Istio's validation).
 fn validate(manifests: &Manifests) -> Result<(), InputError> {
@@ -266,6 +296,18 @@ mod tests {
             p,
             &json!({"permissions": [{"any": true}], "principals": [{"any": true}]})
         );
+    }
+
+    #[test]
+    fn a_dry_run_policy_is_shadowed_never_enforced() {
+        let f = filters(
+            "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: pyairtable, annotations: {istio.io/dry-run: \"true\"}}\nspec: {}\n",
+            "auth-service",
+        );
+        let config = &f[0]["typed_config"];
+        assert!(config.get("rules").is_none(), "{config}");
+        assert_eq!(config["shadow_rules"]["action"], "ALLOW");
+        assert_eq!(config["shadow_rules_stat_prefix"], "istio_dry_run_allow_");
     }
 
     #[test]

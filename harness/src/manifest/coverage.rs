@@ -1,0 +1,109 @@
+//! What meshtest translates for the embedded mesh, and what it refuses: the README's coverage
+//! table is this list (a test keeps the two equal), so the table cannot drift from the code.
+
+/// (resource, translated, refused with file:line or not yet translated).
+pub const COVERAGE: &[(&str, &str, &str)] = &[
+    (
+        "Deployment, StatefulSet, DaemonSet",
+        "replicas (a DaemonSet: 1), selector, pod labels, serviceAccountName (`default` when unset), container ports; `meshtest agent` containers run as declared, any other image runs as a stand-in agent on each pod port",
+        "pods without a sidecar (`sidecar.istio.io/inject: \"false\"`, `istio-injection: disabled`), `traffic.sidecar.istio.io/*`, `proxy.istio.io/config`",
+    ),
+    (
+        "Service",
+        "ports (name, number, targetPort by number or container port name), selector; several Services may select the same pods",
+        "`networking.istio.io/exportTo`; protocols: every port is proxied and served as HTTP (tcp, grpc and http2 ports are not yet translated as such)",
+    ),
+    (
+        "PeerAuthentication",
+        "mtls.mode (STRICT, PERMISSIVE, DISABLE, UNSET), portLevelMtls, selector, root-namespace scope",
+        "-",
+    ),
+    (
+        "AuthorizationPolicy",
+        "ALLOW and DENY; from.source principals, notPrincipals, namespaces, notNamespaces, requestPrincipals, notRequestPrincipals; to.operation ports, notPorts, paths, notPaths, methods, notMethods; `istio.io/dry-run` (shadow rules)",
+        "CUSTOM and AUDIT actions, `when`, ipBlocks, remoteIpBlocks, hosts, serviceAccounts",
+    ),
+    (
+        "RequestAuthentication",
+        "jwtRules issuer, jwksUri (fetched as istiod does), audiences, outputClaimToHeaders, forwardOriginalToken, fromHeaders",
+        "-",
+    ),
+    (
+        "VirtualService",
+        "hosts, gateways, http match (uri exact/prefix/regex, headers, method), route weights and subsets, timeout, retries, fault delay/abort",
+        "tcp/tls routes, rewrite, redirect, headers, mirror, corsPolicy, queryParams, delegate",
+    ),
+    (
+        "DestinationRule",
+        "subsets (labels, trafficPolicy), trafficPolicy tls.mode (ISTIO_MUTUAL, DISABLE), loadBalancer.simple (ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM), connectionPool (tcp, http), outlierDetection",
+        "loadBalancer.consistentHash, tls modes SIMPLE and MUTUAL, portLevelSettings",
+    ),
+    (
+        "Gateway (networking.istio.io)",
+        "selector (one ingress gateway: `istio: ingressgateway` or Helm's `istio: ingress`), servers HTTP and HTTPS (credentialName)",
+        "Gateways selecting different workloads",
+    ),
+    (
+        "Gateway, HTTPRoute (gateway.networking.k8s.io)",
+        "class `istio` listeners HTTP/HTTPS; HTTPRoute parentRefs (Gateway, Service), hostnames, matches (path Exact/PathPrefix/RegularExpression, headers, method) in the Gateway API's precedence, backendRefs with weights, timeouts.request; other classes noted and ignored",
+        "GRPCRoute, TCPRoute, TLSRoute, route filters, queryParams, listeners TCP/TLS",
+    ),
+    (
+        "EnvoyFilter",
+        "HTTP_FILTER patches (local rate limit) by context and workloadSelector",
+        "other applyTo kinds",
+    ),
+    (
+        "Telemetry, IstioOperator meshConfig",
+        "accessLogging providers, extensionProviders envoyFileAccessLog (JSON format)",
+        "tracing, metrics overrides",
+    ),
+    (
+        "PrometheusRule",
+        "groups of recording rules and alerts (loaded into the embedded Prometheus)",
+        "-",
+    ),
+    (
+        "ServiceEntry",
+        "MESH_EXTERNAL: noted (calls to it leave the mesh)",
+        "MESH_INTERNAL",
+    ),
+    (
+        "List; ConfigMap, Secret, HPA, PDB, RBAC, CRDs, ServiceMonitor, ...",
+        "List items unpacked; the others noted and ignored (they do not change a request's path)",
+        "NetworkPolicy, Ingress, Sidecar, WorkloadEntry and any other kind",
+    ),
+];
+
+/// The table as Markdown, as the README carries it.
+pub fn markdown() -> String {
+    let mut out =
+        String::from("| Resource | Translated | Refused or not yet translated |\n|---|---|---|\n");
+    for (resource, yes, no) in COVERAGE {
+        out.push_str(&format!("| {resource} | {yes} | {no} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_readme_carries_the_coverage_table() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        )
+        .unwrap();
+        let table = super::markdown();
+        let start = "<!-- coverage:start -->\n";
+        let end = "<!-- coverage:end -->";
+        let got = readme
+            .split_once(start)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(t, _)| t);
+        assert_eq!(
+            got,
+            Some(table.as_str()),
+            "README.md's coverage table differs from manifest::coverage; put this between the markers:\n{table}"
+        );
+    }
+}
