@@ -356,8 +356,25 @@ pub fn route_matches(http: &HttpRoute, req: &RouteRequest) -> bool {
 }
 
 fn match_one(m: &HttpMatch, req: &RouteRequest) -> bool {
-    let path = req.path.split('?').next().unwrap_or(&req.path);
-    m.uri.as_ref().is_none_or(|u| string_matches(u, path))
+    let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let (path, uri) = if m.ignore_uri_case {
+        (
+            path.to_ascii_lowercase(),
+            m.uri.as_ref().map(|u| lowercase(u)),
+        )
+    } else {
+        (path.to_string(), m.uri.clone())
+    };
+    let params: Vec<(&str, &str)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .collect();
+    uri.as_ref().is_none_or(|u| string_matches(u, &path))
+        && m.query_params.iter().all(|(name, sm)| {
+            params
+                .iter()
+                .any(|(k, v)| k == name && string_matches(sm, v))
+        })
         && m.method
             .as_ref()
             .is_none_or(|x| string_matches(x, &req.method))
@@ -367,6 +384,17 @@ fn match_one(m: &HttpMatch, req: &RouteRequest) -> bool {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .is_some_and(|(_, v)| string_matches(sm, v))
         })
+}
+
+fn lowercase(m: &StringMatch) -> StringMatch {
+    match m {
+        StringMatch::Exact(v) => StringMatch::Exact(v.to_ascii_lowercase()),
+        StringMatch::Prefix(v) => StringMatch::Prefix(v.to_ascii_lowercase()),
+        StringMatch::PathSeparatedPrefix(v) => {
+            StringMatch::PathSeparatedPrefix(v.to_ascii_lowercase())
+        }
+        StringMatch::Regex(v) => StringMatch::Regex(format!("(?i){v}")),
+    }
 }
 
 fn string_matches(m: &StringMatch, value: &str) -> bool {

@@ -30,8 +30,8 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "VirtualService",
-        "hosts, gateways, http match (uri exact/prefix/regex, headers, method), route weights and subsets, timeout, retries, fault delay/abort",
-        "tcp/tls routes, rewrite, redirect, headers, mirror, corsPolicy, queryParams, delegate",
+        "hosts, gateways, http match (uri exact/prefix/regex, headers, method, authority, queryParams, ignoreUriCase, port), route weights and subsets, timeout, retries, fault delay/abort, rewrite (uri, authority, uriRegexRewrite), redirect, headers (request/response set, add, remove), corsPolicy, mirror + mirrorPercentage",
+        "tcp/tls routes, match sourceLabels/withoutHeaders/gateways, per-destination headers, mirrors (list), delegate",
     ),
     (
         "DestinationRule",

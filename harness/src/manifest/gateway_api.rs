@@ -356,6 +356,7 @@ fn http_match(
         uri: Some(uri),
         headers,
         method: m.method.clone().map(StringMatch::Exact),
+        ..Default::default()
     })
 }
 

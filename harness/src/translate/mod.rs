@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod peer_authentication;
 pub mod proxy;
 pub mod request_authentication;
+pub mod route_actions;
 pub mod telemetry;
 pub mod virtual_service;
 

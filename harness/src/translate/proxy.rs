@@ -12,6 +12,7 @@ use crate::model::{MeshModel, Pod, Workload};
 use super::envoy_filter::{self, Context};
 use super::gateway::{self, GatewayPlacement};
 use super::peer_authentication::{self, ISTIO_ALPNS};
+use super::route_actions;
 use super::telemetry::{self, Reporter};
 use super::virtual_service::{self, FAULT_FILTER};
 use super::{
@@ -90,6 +91,10 @@ fn http_filters(
             &model.manifests,
             workload,
         )?);
+    }
+    // Routes are on the outbound side and the gateway: that is where CORS answers.
+    if context != Context::SidecarInbound && route_actions::any_cors(model) {
+        filters.push(route_actions::cors_filter());
     }
     filters.extend(extra);
     filters.push(router());

@@ -9,7 +9,7 @@ use crate::manifest::{Origin, Resource};
 use crate::model::{MeshModel, Service};
 
 use super::destination_rule::cluster_name;
-use super::duration;
+use super::{duration, route_actions};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -176,7 +176,15 @@ pub fn routes(
     let mut out = Vec::new();
     for (i, http) in vs.spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let action = route_action(model, vs, http, &field, port)?;
+        let redirect = route_actions::redirect(http, &vs.origin, &field)?;
+        let action = match &redirect {
+            Some(_) => Value::Null,
+            None => {
+                let mut a = route_action(model, vs, http, &field, port)?;
+                route_actions::decorate_action(model, vs, http, &field, &mut a)?;
+                a
+            }
+        };
         let fault = http
             .fault
             .as_ref()
@@ -192,13 +200,19 @@ pub fn routes(
             http.matches
                 .iter()
                 .enumerate()
+                // A match on another port than this virtual host's never applies here.
+                .filter(|(_, m)| m.port.is_none() || port.is_none() || m.port == port)
                 .map(|(j, m)| route_match(m, &vs.origin, &format!("{field}.match[{j}]")))
                 .collect::<Result<_, _>>()?
         };
         for m in matches {
-            let mut r = json!({"name": name, "match": m, "route": action});
+            let mut r = match &redirect {
+                Some(rd) => json!({"name": name, "match": m, "redirect": rd}),
+                None => json!({"name": name, "match": m, "route": action}),
+            };
+            route_actions::decorate_route(http, &vs.origin, &field, &mut r)?;
             if let Some(f) = &fault {
-                r["typed_per_filter_config"] = json!({FAULT_FILTER: f});
+                r["typed_per_filter_config"][FAULT_FILTER] = f.clone();
             }
             out.push(r);
         }
@@ -228,8 +242,21 @@ fn route_match(
     if let Some(method) = &m.method {
         headers.push(json!({"name": ":method", "string_match": string_match(method)}));
     }
+    if let Some(authority) = &m.authority {
+        headers.push(json!({"name": ":authority", "string_match": string_match(authority)}));
+    }
     if !headers.is_empty() {
         out["headers"] = Value::Array(headers);
+    }
+    if !m.query_params.is_empty() {
+        out["query_parameters"] = m
+            .query_params
+            .iter()
+            .map(|(name, sm)| json!({"name": name, "string_match": string_match(sm)}))
+            .collect();
+    }
+    if m.ignore_uri_case {
+        out["case_sensitive"] = json!(false);
     }
     Ok(out)
 }
