@@ -53,6 +53,63 @@ pub struct ServicePort {
     pub port: u16,
     /// The pods' port (a named targetPort resolved through the containers' ports).
     pub target_port: u16,
+    pub protocol: Protocol,
+}
+
+/// A port's protocol as Istio selects it: `appProtocol`, else the port name's prefix
+/// (`grpc-catalog`, `tcp-redis`), else detected from the traffic (HTTP here: what the harness
+/// sends is HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    /// HTTP/2 to the application (http2, h2c).
+    Http2,
+    Grpc,
+    /// Opaque bytes (tcp, tls, https passthrough, mongo, mysql, redis).
+    Tcp,
+    /// Unnamed: Istio sniffs it; the embedded mesh serves it as HTTP.
+    Detected,
+}
+
+impl Protocol {
+    /// None for UDP and SCTP, which Istio does not proxy.
+    pub fn select(name: Option<&str>, app_protocol: Option<&str>) -> Option<Protocol> {
+        let of = |p: &str| match p.to_ascii_lowercase().as_str() {
+            "http" | "grpc-web" | "kubernetes.io/ws" | "kubernetes.io/wss" => Some(Protocol::Http),
+            "http2" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+            "grpc" => Some(Protocol::Grpc),
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(Protocol::Tcp),
+            _ => None,
+        };
+        if let Some(p) = app_protocol.and_then(of) {
+            return Some(p);
+        }
+        let name = name.unwrap_or_default();
+        let prefix = match name.to_ascii_lowercase() {
+            n if n.starts_with("grpc-web") => "grpc-web".to_string(),
+            n => n.split('-').next().unwrap_or_default().to_string(),
+        };
+        Some(of(&prefix).unwrap_or(Protocol::Detected))
+    }
+
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+
+    /// Does the sidecar speak HTTP/2 to the application (and to the peer sidecar)?
+    pub fn h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+            Protocol::Detected => "auto",
+        }
+    }
 }
 
 impl Service {
@@ -67,6 +124,12 @@ impl Service {
 
     pub fn port(&self, number: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == number)
+    }
+
+    /// The protocol of pod port `target_port` (the first Service port that targets it).
+    pub fn protocol_of_target(&self, target_port: u16) -> Protocol {
+        self.port_for_target(target_port)
+            .map_or(Protocol::Detected, |p| p.protocol)
     }
 
     /// The service port whose target is `target_port`.
@@ -256,10 +319,22 @@ impl MeshModel {
                             )
                         })?,
                 };
+                if p.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                    return Err(s.origin.error(
+                        &format!("{field}.protocol"),
+                        format!(
+                            "{} ports are not proxied by Istio's sidecars and not translated",
+                            p.protocol.as_deref().unwrap_or_default()
+                        ),
+                    ));
+                }
+                let protocol = Protocol::select(p.name.as_deref(), p.app_protocol.as_deref())
+                    .expect("TCP ports have a protocol");
                 ports.push(ServicePort {
                     name: p.name.clone(),
                     port: p.port,
                     target_port,
+                    protocol,
                 });
             }
             services.push(Service {
@@ -412,6 +487,20 @@ impl MeshModel {
                 && !service.selector.is_empty()
                 && labels_match(&service.selector, &p.labels)
         })
+    }
+
+    /// The protocol pod port `port` of `pod` serves (as the Services selecting it declare).
+    pub fn pod_port_protocol(&self, pod: &Pod, port: u16) -> Protocol {
+        self.services
+            .iter()
+            .filter(|s| {
+                s.namespace == pod.namespace
+                    && !s.selector.is_empty()
+                    && labels_match(&s.selector, &pod.labels)
+            })
+            .flat_map(|s| s.ports.iter())
+            .find(|p| p.target_port == port)
+            .map_or(Protocol::Detected, |p| p.protocol)
     }
 
     /// The service a pod belongs to.

@@ -115,6 +115,13 @@ async fn respond(
     {
         return Ok(forward(shared, target, req, &path).await);
     }
+    if req
+        .headers()
+        .get("content-type")
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+    {
+        return Ok(super::grpc::answer(req.uri().path()));
+    }
     let headers = header_map(req.headers());
     let caller = headers
         .get("x-forwarded-client-cert")

@@ -5,6 +5,7 @@
 pub mod control;
 mod echo;
 mod fault;
+mod grpc;
 
 pub use fault::{Fault, FaultStatus, HANG_LIMIT};
 
@@ -218,10 +219,13 @@ where
                     let handler = handler.clone();
                     conns.spawn(async move {
                         let svc = hyper::service::service_fn(move |req| handler(req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
+                        // HTTP/1.1 and h2c with prior knowledge (what a sidecar sends to an
+                        // http2 or grpc port).
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                     });
                     while conns.try_join_next().is_some() {}
                 }

@@ -100,6 +100,9 @@ pub struct ServicePort {
     pub target_port: Option<IntOrString>,
     #[serde(default)]
     pub app_protocol: Option<String>,
+    /// TCP (the default), UDP or SCTP.
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 /// Kubernetes' IntOrString, as `targetPort` uses it: a port number or a container port's name.

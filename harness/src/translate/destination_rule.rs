@@ -180,7 +180,11 @@ fn cluster(
     });
     let mut protocol = json!({
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http_protocol_options": {}},
+        "explicit_http_config": if port.protocol.h2() {
+            json!({"http2_protocol_options": {}})
+        } else {
+            json!({"http_protocol_options": {}})
+        },
     });
     if let Some(h) = http {
         let mut common = serde_json::Map::new();
@@ -242,7 +246,11 @@ fn cluster(
                 "sni": format!("outbound_.{}_.{}_.{}", port.port, subset.unwrap_or(""), service.fqdn()),
                 "common_tls_context": {
                     "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
-                    "alpn_protocols": ["istio-http/1.1", "istio", "http/1.1"],
+                    "alpn_protocols": if port.protocol.h2() {
+                        json!(["istio-h2", "istio", "h2"])
+                    } else {
+                        json!(["istio-http/1.1", "istio", "http/1.1"])
+                    },
                     "tls_certificates": [certs.tls_certificate()],
                     "validation_context": {"trusted_ca": {"filename": certs.ca}, "match_typed_subject_alt_names": sans},
                 },
@@ -250,6 +258,14 @@ fn cluster(
         });
     }
     Ok(c)
+}
+
+/// Upstream protocol options that speak HTTP/2 (h2c to an application, h2 between sidecars).
+pub fn http2_options() -> Value {
+    json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }})
 }
 
 #[cfg(test)]

@@ -135,12 +135,17 @@ pub fn sidecar(
             &inbound_filters,
             &inbound_logs,
         ));
-        clusters.push(json!({
+        let mut inbound = json!({
             "name": inbound_cluster_name(port),
             "type": "STATIC",
             "connect_timeout": "10s",
             "load_assignment": {"cluster_name": inbound_cluster_name(port), "endpoints": [{"lb_endpoints": [{"endpoint": {"address": pipe_address(&placement.app_socket(port))}}]}]},
-        }));
+        });
+        // http2 and grpc ports: HTTP/2 (h2c) to the application, as Istio does.
+        if model.pod_port_protocol(pod, port).h2() {
+            inbound["typed_extension_protocol_options"] = destination_rule::http2_options();
+        }
+        clusters.push(inbound);
     }
 
     let outbound_filters = http_filters(model, &workload, Context::SidecarOutbound, vec![fault()])?;
