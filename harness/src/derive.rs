@@ -189,22 +189,28 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
                 .flat_map(|c| paths.iter().map(move |p| (c, p)))
             {
                 let who = Caller::workload(&caller.namespace, &caller.service_account);
+                let tcp = !port.protocol.is_http();
+                // A TCP port is asked once (paths mean nothing to it).
+                if tcp && path != DEFAULT_PATH {
+                    continue;
+                }
                 let ask = Ask {
                     port: port.target_port,
                     path,
                     method: "GET",
+                    tcp,
                 };
                 let d = decide(&model.manifests, &workload, &who, &ask);
+                let verdict = match (d.allowed(), tcp) {
+                    (true, _) => "allowed",
+                    (false, false) => "denied by RBAC",
+                    (false, true) => "closed by RBAC",
+                };
                 rows.push(vec![
                     caller_name(model, caller),
                     format!("{}:{}", callee.name, port.port),
                     path.clone(),
-                    if d.allowed() {
-                        "allowed"
-                    } else {
-                        "denied by RBAC"
-                    }
-                    .to_string(),
+                    verdict.to_string(),
                     d.reason(),
                 ]);
             }
@@ -215,7 +221,7 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
     }
     let mut text = header(
         "Authorization as the AuthorizationPolicies decide it",
-        "Every workload identity calls every service port; each call is allowed or denied as the policies decide.",
+        "Every workload identity calls every service port; each call is allowed or denied as the policies decide (a TCP port's denial closes the connection).",
         source,
     );
     text.push_str("\n  Scenario Outline: <caller> calling <callee> at <path> is <verdict>\n    When <caller> calls <callee> at <path>\n    Then the call is <verdict>\n\n    Examples:\n");
@@ -284,6 +290,7 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
                     port: gateway_port,
                     path: &path,
                     method: "GET",
+                    tcp: false,
                 };
                 let d = decide(
                     &model.manifests,

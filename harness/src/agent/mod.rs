@@ -6,6 +6,7 @@ pub mod control;
 mod echo;
 mod fault;
 mod grpc;
+mod tcp;
 
 pub use fault::{Fault, FaultStatus, HANG_LIMIT};
 
@@ -81,6 +82,10 @@ pub struct AgentConfig {
     /// The test issuer's JSON Web Key Set, served at /.well-known/jwks.json (the mesh's
     /// RequestAuthentication jwksUri points at it).
     pub jwks: Option<String>,
+    /// Own ports that are TCP: served as raw bytes (echoed), or as HTTP when the peer speaks it.
+    pub tcp_ports: Vec<u16>,
+    /// SERVICE:PORT (and SERVICE, when its first port is TCP) -> the sidecar socket for it.
+    pub tcp_outbound: BTreeMap<String, PathBuf>,
 }
 
 pub(crate) struct Shared {
@@ -119,6 +124,13 @@ impl Shared {
                     .unwrap_or(self.config.default_port),
             ),
         };
+        if let (Outbound::Sidecar(_), Some(socket)) = (
+            &self.config.outbound,
+            self.config.tcp_outbound.get(&format!("{service}:{port}")),
+        ) {
+            // A TCP port: the bytes go through tcp_proxy; the peer's stand-in speaks HTTP back.
+            return (Dial::Unix(socket.clone()), format!("{service}:{port}"));
+        }
         match &self.config.outbound {
             Outbound::Sidecar(path) => (Dial::Unix(path.clone()), format!("{service}:{port}")),
             Outbound::Dns => {
@@ -150,10 +162,12 @@ impl Agent {
         let mut tasks = JoinSet::new();
         for (port, listen) in &config.listen {
             let (app, port) = (shared.clone(), *port);
-            serve(&mut tasks, listen, move |req| {
-                echo::handle(app.clone(), port, req)
-            })
-            .await?;
+            let handler = move |req| echo::handle(app.clone(), port, req);
+            if config.tcp_ports.contains(&port) {
+                tcp::serve(&mut tasks, listen, handler).await?;
+            } else {
+                serve(&mut tasks, listen, handler).await?;
+            }
         }
         let ctl = shared.clone();
         serve(&mut tasks, &config.control, move |req| {
@@ -200,7 +214,11 @@ impl std::fmt::Display for CloseConnection {
 
 impl std::error::Error for CloseConnection {}
 
-async fn serve<F, Fut>(tasks: &mut JoinSet<()>, listen: &Listen, handler: F) -> Result<()>
+pub(crate) async fn serve<F, Fut>(
+    tasks: &mut JoinSet<()>,
+    listen: &Listen,
+    handler: F,
+) -> Result<()>
 where
     F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response, CloseConnection>> + Send + 'static,
@@ -408,6 +426,8 @@ impl AgentArgs {
             service_ports: BTreeMap::new(),
             default_port: self.service_port,
             jwks,
+            tcp_ports: Vec::new(),
+            tcp_outbound: BTreeMap::new(),
         })
     }
 }

@@ -3,7 +3,9 @@
 //! ALLOW policy without rules allows nothing). Independent of the Envoy RBAC translation, so a
 //! suite derived from it checks that translation instead of repeating it.
 
-use crate::manifest::istio::{AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzSource};
+use crate::manifest::istio::{
+    AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzRule, AuthzSource,
+};
 use crate::manifest::{Manifests, Resource};
 use crate::model::{TRUST_DOMAIN, Workload};
 
@@ -34,6 +36,9 @@ pub struct Ask<'a> {
     pub port: u16,
     pub path: &'a str,
     pub method: &'a str,
+    /// A TCP port: rules needing HTTP (paths, methods, request principals) never allow, and a
+    /// DENY rule is read without them (Istio's reading for TCP).
+    pub tcp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +83,9 @@ pub fn decide(manifests: &Manifests, workload: &Workload, caller: &Caller, ask: 
             .iter()
             .filter(move |p| p.spec.action.unwrap_or(AuthzAction::Allow) == action)
     };
-    if let Some(p) = of(AuthzAction::Deny).find(|p| matches(&p.spec, caller, ask)) {
+    if let Some(p) =
+        of(AuthzAction::Deny).find(|p| matches(&p.spec, AuthzAction::Deny, caller, ask))
+    {
         return Decision::Denied {
             by: format!("denied by {}", name(p)),
         };
@@ -87,7 +94,10 @@ pub fn decide(manifests: &Manifests, workload: &Workload, caller: &Caller, ask: 
     if allows.is_empty() {
         return Decision::Allowed { by: None };
     }
-    match allows.iter().find(|p| matches(&p.spec, caller, ask)) {
+    match allows
+        .iter()
+        .find(|p| matches(&p.spec, AuthzAction::Allow, caller, ask))
+    {
         Some(p) => Decision::Allowed { by: Some(name(p)) },
         None => Decision::Denied {
             by: format!(
@@ -103,11 +113,44 @@ pub fn decide(manifests: &Manifests, workload: &Workload, caller: &Caller, ask: 
 }
 
 /// Does any rule match? (No rules: none does.)
-fn matches(spec: &AuthorizationPolicySpec, caller: &Caller, ask: &Ask) -> bool {
+fn matches(
+    spec: &AuthorizationPolicySpec,
+    action: AuthzAction,
+    caller: &Caller,
+    ask: &Ask,
+) -> bool {
     spec.rules.iter().flatten().any(|rule| {
-        (rule.from.is_empty() || rule.from.iter().any(|f| source(&f.source, caller)))
-            && (rule.to.is_empty() || rule.to.iter().any(|t| operation(&t.operation, ask)))
+        let needs_http = rule.to.iter().any(|t| {
+            let o = &t.operation;
+            !(o.paths.is_empty()
+                && o.not_paths.is_empty()
+                && o.methods.is_empty()
+                && o.not_methods.is_empty())
+        }) || rule.from.iter().any(|f| {
+            !(f.source.request_principals.is_empty() && f.source.not_request_principals.is_empty())
+        });
+        if ask.tcp && needs_http {
+            if action == AuthzAction::Allow {
+                return false;
+            }
+            let mut r = rule.clone();
+            for t in &mut r.to {
+                let o = &mut t.operation;
+                (o.paths, o.not_paths, o.methods, o.not_methods) = Default::default();
+            }
+            for f in &mut r.from {
+                f.source.request_principals.clear();
+                f.source.not_request_principals.clear();
+            }
+            return rule_matches(&r, caller, ask);
+        }
+        rule_matches(rule, caller, ask)
     })
+}
+
+fn rule_matches(rule: &AuthzRule, caller: &Caller, ask: &Ask) -> bool {
+    (rule.from.is_empty() || rule.from.iter().any(|f| source(&f.source, caller)))
+        && (rule.to.is_empty() || rule.to.iter().any(|t| operation(&t.operation, ask)))
 }
 
 fn source(s: &AuthzSource, caller: &Caller) -> bool {
@@ -174,6 +217,7 @@ mod tests {
         port: 9080,
         path: "/ratings/0",
         method: "GET",
+        tcp: false,
     };
 
     #[test]

@@ -358,10 +358,7 @@ pub fn route_matches(http: &HttpRoute, req: &RouteRequest) -> bool {
 fn match_one(m: &HttpMatch, req: &RouteRequest) -> bool {
     let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
     let (path, uri) = if m.ignore_uri_case {
-        (
-            path.to_ascii_lowercase(),
-            m.uri.as_ref().map(|u| lowercase(u)),
-        )
+        (path.to_ascii_lowercase(), m.uri.as_ref().map(lowercase))
     } else {
         (path.to_string(), m.uri.clone())
     };

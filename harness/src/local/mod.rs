@@ -647,5 +647,22 @@ fn agent_config(
         .map(|s| (s.name.clone(), s.default_port().port))
         .collect();
     config.jwks = Some(jwks.to_string());
+    config.tcp_ports = pod
+        .ports
+        .iter()
+        .copied()
+        .filter(|&p| !model.pod_port_protocol(pod, p).is_http())
+        .collect();
+    for (i, s) in model.services.iter().enumerate() {
+        for p in &s.ports {
+            if p.protocol.is_http() {
+                continue;
+            }
+            let socket = placement.tcp_outbound_socket(i, p.port);
+            config
+                .tcp_outbound
+                .insert(format!("{}:{}", s.name, p.port), socket);
+        }
+    }
     Ok(config)
 }

@@ -10,8 +10,8 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "Service",
-        "ports (name, number, targetPort by number or container port name), selector; several Services may select the same pods",
-        "`networking.istio.io/exportTo`; protocols: every port is proxied and served as HTTP (tcp, grpc and http2 ports are not yet translated as such)",
+        "ports (name, number, targetPort by number or container port name), selector, several Services selecting the same pods; protocol from appProtocol or the name's prefix as Istio selects it: http (and unnamed), http2 and grpc (h2 between sidecars, h2c to the app), tcp/tls/https/mongo/mysql/redis (tcp_proxy, network RBAC, an outbound listener per TCP service port)",
+        "`networking.istio.io/exportTo`; UDP and SCTP ports",
     ),
     (
         "PeerAuthentication",
@@ -20,7 +20,7 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "AuthorizationPolicy",
-        "ALLOW and DENY; from.source principals, notPrincipals, namespaces, notNamespaces, requestPrincipals, notRequestPrincipals; to.operation ports, notPorts, paths, notPaths, methods, notMethods; `istio.io/dry-run` (shadow rules)",
+        "ALLOW and DENY; from.source principals, notPrincipals, namespaces, notNamespaces, requestPrincipals, notRequestPrincipals; to.operation ports, notPorts, paths, notPaths, methods, notMethods; `istio.io/dry-run` (shadow rules); on TCP ports Istio's reading (ALLOW rules needing HTTP dropped, DENY rules without their HTTP conditions)",
         "CUSTOM and AUDIT actions, `when`, ipBlocks, remoteIpBlocks, hosts, serviceAccounts",
     ),
     (

@@ -18,6 +18,72 @@ const RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.
 /// The RBAC HTTP filters for a workload, in Istio's order: DENY, then ALLOW. No ALLOW policy
 /// means no ALLOW filter (everything allowed); an ALLOW policy with no rules allows nothing.
 pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Result<Vec<Value>, InputError> {
+    let configs = rbac_configs(manifests, workload, |_, rule| Some(rule.clone()))?;
+    Ok(configs
+        .into_iter()
+        .map(|mut c| {
+            c["@type"] = json!(RBAC_TYPE);
+            json!({"name": "envoy.filters.http.rbac", "typed_config": c})
+        })
+        .collect())
+}
+
+/// The RBAC network filters for a TCP port, as Istio builds them: an ALLOW rule that needs
+/// HTTP (paths, methods, request principals) can never match and is dropped; a DENY rule loses
+/// those conditions and so denies more, never less.
+pub fn rbac_network_filters(
+    manifests: &Manifests,
+    workload: &Workload,
+    port: u16,
+) -> Result<Vec<Value>, InputError> {
+    let configs = rbac_configs(manifests, workload, |action, rule| {
+        let http_only = |o: &AuthzOperation| {
+            !(o.paths.is_empty()
+                && o.not_paths.is_empty()
+                && o.methods.is_empty()
+                && o.not_methods.is_empty())
+        };
+        let needs_http = rule.to.iter().any(|t| http_only(&t.operation))
+            || rule.from.iter().any(|f| {
+                !(f.source.request_principals.is_empty()
+                    && f.source.not_request_principals.is_empty())
+            });
+        match (action, needs_http) {
+            (_, false) => Some(rule.clone()),
+            (AuthzAction::Allow, true) => None,
+            (AuthzAction::Deny, true) => {
+                let mut r = rule.clone();
+                for t in &mut r.to {
+                    let o = &mut t.operation;
+                    (o.paths, o.not_paths, o.methods, o.not_methods) = Default::default();
+                }
+                for f in &mut r.from {
+                    f.source.request_principals.clear();
+                    f.source.not_request_principals.clear();
+                }
+                Some(r)
+            }
+        }
+    })?;
+    Ok(configs
+        .into_iter()
+        .map(|mut c| {
+            c["@type"] = json!(NETWORK_RBAC_TYPE);
+            c["stat_prefix"] = json!(format!("tcp.inbound_{port}."));
+            json!({"name": "envoy.filters.network.rbac", "typed_config": c})
+        })
+        .collect())
+}
+
+const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+
+/// One RBAC config per action (DENY, then ALLOW) with the rules `keep` lets through (possibly
+/// rewritten), enforced and dry-run (shadow) apart.
+fn rbac_configs(
+    manifests: &Manifests,
+    workload: &Workload,
+    keep: impl Fn(AuthzAction, &AuthzRule) -> Option<AuthzRule>,
+) -> Result<Vec<Value>, InputError> {
     validate(manifests)?;
     let applicable: Vec<&Resource<AuthorizationPolicySpec>> = manifests
         .authorization_policies
@@ -29,7 +95,7 @@ pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Result<Vec<Va
             )
         })
         .collect();
-    let mut filters = Vec::new();
+    let mut configs = Vec::new();
     for (action, name) in [(AuthzAction::Deny, "DENY"), (AuthzAction::Allow, "ALLOW")] {
         let of_action = |dry: bool| -> Result<Vec<&&Resource<_>>, InputError> {
             let mut out = Vec::new();
@@ -48,13 +114,15 @@ pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Result<Vec<Va
             let mut policies = Map::new();
             for p in of {
                 for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
-                    let key = format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace(), p.name());
-                    policies.insert(key, policy(rule));
+                    if let Some(rule) = keep(action, rule) {
+                        let key = format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace(), p.name());
+                        policies.insert(key, policy(&rule));
+                    }
                 }
             }
             json!({"action": name, "policies": policies})
         };
-        let mut config = json!({"@type": RBAC_TYPE});
+        let mut config = json!({});
         if !enforced.is_empty() {
             config["rules"] = rules(&enforced);
         }
@@ -64,9 +132,9 @@ pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Result<Vec<Va
             config["shadow_rules_stat_prefix"] =
                 json!(format!("istio_dry_run_{}_", name.to_ascii_lowercase()));
         }
-        filters.push(json!({"name": "envoy.filters.http.rbac", "typed_config": config}));
+        configs.push(config);
     }
-    Ok(filters)
+    Ok(configs)
 }
 
 /// The `istio.io/dry-run` annotation: "true" puts the policy in shadow mode.

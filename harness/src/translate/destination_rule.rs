@@ -246,10 +246,10 @@ fn cluster(
                 "sni": format!("outbound_.{}_.{}_.{}", port.port, subset.unwrap_or(""), service.fqdn()),
                 "common_tls_context": {
                     "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
-                    "alpn_protocols": if port.protocol.h2() {
-                        json!(["istio-h2", "istio", "h2"])
-                    } else {
-                        json!(["istio-http/1.1", "istio", "http/1.1"])
+                    "alpn_protocols": match port.protocol {
+                        p if p.h2() => json!(["istio-h2", "istio", "h2"]),
+                        p if !p.is_http() => json!(["istio-peer-exchange", "istio"]),
+                        _ => json!(["istio-http/1.1", "istio", "http/1.1"]),
                     },
                     "tls_certificates": [certs.tls_certificate()],
                     "validation_context": {"trusted_ca": {"filename": certs.ca}, "match_typed_subject_alt_names": sans},

@@ -13,6 +13,7 @@ pub mod peer_authentication;
 pub mod proxy;
 pub mod request_authentication;
 pub mod route_actions;
+pub mod tcp;
 pub mod telemetry;
 pub mod virtual_service;
 

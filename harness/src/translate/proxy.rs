@@ -13,6 +13,7 @@ use super::envoy_filter::{self, Context};
 use super::gateway::{self, GatewayPlacement};
 use super::peer_authentication::{self, ISTIO_ALPNS};
 use super::route_actions;
+use super::tcp;
 use super::telemetry::{self, Reporter};
 use super::virtual_service::{self, FAULT_FILTER};
 use super::{
@@ -40,6 +41,12 @@ impl SidecarPlacement {
     /// The app's socket for pod port `port`.
     pub fn app_socket(&self, port: u16) -> PathBuf {
         self.app_dir.join(format!("a{port}.sock"))
+    }
+
+    /// The socket the app connects to for TCP service port `port` of the `index`th service
+    /// (Istio captures the service's address:port; a Unix socket has no Host to route by).
+    pub fn tcp_outbound_socket(&self, index: usize, port: u16) -> PathBuf {
+        self.app_dir.join(format!("t{index}-{port}.sock"))
     }
 }
 
@@ -128,13 +135,15 @@ pub fn sidecar(
     let mut clusters = destination_rule::outbound_clusters(model, &placement.certs, endpoints)?;
     for &port in &pod.ports {
         let mode = peer_authentication::effective_mode(&model.manifests, &workload, port);
-        listeners.push(inbound_listener(
-            placement,
-            port,
-            mode,
-            &inbound_filters,
-            &inbound_logs,
-        ));
+        let filters = if model.pod_port_protocol(pod, port).is_http() {
+            InboundFilters::Http {
+                filters: &inbound_filters,
+                access_log: &inbound_logs,
+            }
+        } else {
+            InboundFilters::Tcp(tcp::inbound_filters(model, &workload, port)?)
+        };
+        listeners.push(inbound_listener(placement, port, mode, &filters));
         let mut inbound = json!({
             "name": inbound_cluster_name(port),
             "type": "STATIC",
@@ -159,10 +168,21 @@ pub fn sidecar(
         "address": pipe_address(&placement.outbound),
         "filter_chains": [{"filters": [http_connection_manager("outbound_0.0.0.0", outbound_routes, outbound_filters, "SANITIZE_SET", outbound_logs)]}],
     }));
+    listeners.extend(tcp::outbound_listeners(model, placement));
     Ok(EnvoyConfig {
         listeners,
         clusters,
     })
+}
+
+/// What an inbound listener's chains end in: an HTTP connection manager with its filters, or
+/// a TCP port's network filters (RBAC, tcp_proxy).
+enum InboundFilters<'a> {
+    Http {
+        filters: &'a [Value],
+        access_log: &'a [Value],
+    },
+    Tcp(Vec<Value>),
 }
 
 /// One inbound listener: the filter chains `mode` allows, each ending at the app's socket.
@@ -170,8 +190,7 @@ fn inbound_listener(
     placement: &SidecarPlacement,
     port: u16,
     mode: crate::manifest::istio::MtlsMode,
-    filters: &[Value],
-    access_log: &[Value],
+    filters: &InboundFilters,
 ) -> Value {
     let chains = peer_authentication::chains(mode);
     let routes = json!({
@@ -180,14 +199,18 @@ fn inbound_listener(
             "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": inbound_cluster_name(port), "timeout": "0s"}}]}],
     });
     let stat = format!("inbound_0.0.0.0_{port}");
-    let hcm = || {
-        http_connection_manager(
+    let hcm = || match filters {
+        InboundFilters::Http {
+            filters,
+            access_log,
+        } => vec![http_connection_manager(
             &stat,
             routes.clone(),
             filters.to_vec(),
             "APPEND_FORWARD",
             access_log.to_vec(),
-        )
+        )],
+        InboundFilters::Tcp(network) => network.clone(),
     };
     let mut filter_chains = Vec::new();
     if chains.mtls {
@@ -198,7 +221,7 @@ fn inbound_listener(
         filter_chains.push(json!({
             "name": "inbound-mtls",
             "filter_chain_match": chain_match,
-            "filters": [hcm()],
+            "filters": hcm(),
             "transport_socket": {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
@@ -219,7 +242,7 @@ fn inbound_listener(
         filter_chains.push(json!({
             "name": "inbound-plaintext",
             "filter_chain_match": {"transport_protocol": "raw_buffer"},
-            "filters": [hcm()],
+            "filters": hcm(),
         }));
     }
     json!({

@@ -1,5 +1,6 @@
 Feature: Bookstore keeps its promises with the steps meshtest ships
   A second mesh, shaped unlike PyAirtable's (namespace store, ports 80/9090/9091/7000/8080/8081,
+  a gRPC port 50051 and a Redis (TCP) port 6379,
   named and renumbered target ports, Helm's `istio: ingress` gateway on shop.example.com, its
   own issuer), whose unmodified containers run as stand-in agents. Run it with
   `meshtest run --mesh mesh/bookstore mesh/bookstore/features`.
@@ -38,6 +39,15 @@ Feature: Bookstore keeps its promises with the steps meshtest ships
       | storefront | payments:7000   | /charges           | denied by RBAC |
       | payments   | accounts:8080   | /users/7           | allowed        |
       | catalog    | storefront:80   | /                  | denied by RBAC |
+      | storefront | catalog:50051   | /store.Catalog/Get | allowed        |
+      | payments   | catalog:50051   | /store.Catalog/Get | denied by RBAC |
+      | orders     | cache:6379      | /                  | allowed        |
+      | storefront | cache:6379      | /                  | closed by RBAC |
+
+  Scenario: Plaintext to the Redis port is refused by its live proxy
+    Given the PeerAuthentications declare STRICT mTLS for cache:6379
+    When a client outside the mesh calls cache:6379 at / over plaintext
+    Then the connection is refused without an HTTP response by a live proxy
 
   Scenario: Calls carry the caller's identity across renumbered ports
     When orders calls payments:7000 at /charges

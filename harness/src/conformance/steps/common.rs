@@ -194,8 +194,11 @@ async fn workload_calls(w: &mut MeshWorld, from: String, to: String, path: Strin
     .await;
 }
 
-#[then(regex = r"^the call is (allowed|denied by RBAC)$")]
+#[then(regex = r"^the call is (allowed|denied by RBAC|closed by RBAC)$")]
 async fn call_verdict(w: &mut MeshWorld, verdict: String) {
+    if verdict == "closed by RBAC" {
+        return closed_by_rbac(w).await;
+    }
     let (desc, o) = observed(w);
     let line = format!("n=1: {desc}: {}", o.summary());
     match verdict.as_str() {
@@ -211,6 +214,63 @@ async fn call_verdict(w: &mut MeshWorld, verdict: String) {
         ),
     }
     w.evidence(line);
+}
+
+/// A TCP port's refusal: no HTTP answer, and the callee's network RBAC counts a denial when
+/// the call is made again (so a dead proxy or a port nobody serves cannot pass for it).
+async fn closed_by_rbac(w: &mut MeshWorld) {
+    let (desc, o) = observed(w);
+    let (desc, o) = (desc.to_string(), o.clone());
+    if matches!(o, Outcome::Response { .. }) {
+        broken!(
+            "{desc}: expected the connection closed by the callee's RBAC, got {}",
+            o.summary()
+        );
+    }
+    let Some(call) = w.last_call.clone() else {
+        unchecked!("no call was made before this step");
+    };
+    let (name, port) = crate::target::split_port(&call.to);
+    let (model, svc) = service(w, name);
+    let target_port = port
+        .and_then(|p| svc.port(p))
+        .unwrap_or(svc.default_port())
+        .target_port;
+    let stat = format!("tcp.inbound_{target_port}.rbac.denied");
+    let pods: Vec<String> = model.pods_of(&svc).map(|p| p.name.clone()).collect();
+    let denied = || async {
+        let mut sum = 0;
+        for p in &pods {
+            match crate::target::stat(&*w.target, p, &stat).await {
+                Ok(n) => sum += n,
+                Err(e) => unchecked!("reading {stat} of {p}: {e:#}"),
+            }
+        }
+        sum
+    };
+    let before = denied().await;
+    let again = match w.target.call(&call).await {
+        Ok(o) => o,
+        Err(e) => unchecked!("repeating {desc}: {e:#}"),
+    };
+    let after = denied().await;
+    promise!(
+        !matches!(again, Outcome::Response { .. }),
+        "{desc}: repeated, it got {}",
+        again.summary()
+    );
+    if after <= before {
+        unchecked!(
+            "{desc}: {}, but the callee's network RBAC counted no denial ({stat} stayed {before}): the connection may have been closed by something else",
+            o.summary()
+        );
+    }
+    w.evidence(format!(
+        "n=2: {desc}: {}; {stat} of {} rose by {}",
+        o.summary(),
+        pods.join(","),
+        after - before
+    ));
 }
 
 #[then(regex = r"^the response status is (\d+)$")]

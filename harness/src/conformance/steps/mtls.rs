@@ -43,14 +43,16 @@ fn mode_name(m: MtlsMode) -> &'static str {
 /// the PeerAuthentications declare for it.
 fn declared_ports(model: &MeshModel, only: Option<&str>) -> Vec<(Pod, u16, u16, MtlsMode)> {
     let mut out = Vec::new();
-    for pod in &model.pods {
-        if only.is_some_and(|s| s != pod.service) {
+    // Every Service that selects a pod (not only the one that places it).
+    for service in &model.services {
+        if only.is_some_and(|s| s != service.name) {
             continue;
         }
-        let service = model.service_of(pod);
-        for sp in &service.ports {
-            let m = effective_mode(&model.manifests, &Workload::of(pod), sp.target_port);
-            out.push((pod.clone(), sp.port, sp.target_port, m));
+        for pod in model.pods_of(service) {
+            for sp in &service.ports {
+                let m = effective_mode(&model.manifests, &Workload::of(pod), sp.target_port);
+                out.push((pod.clone(), sp.port, sp.target_port, m));
+            }
         }
     }
     out
@@ -156,7 +158,43 @@ fn last_target(w: &MeshWorld) -> String {
     }
 }
 
-/// Proves the proxy at `to` is alive: an mTLS handshake with a mesh identity and an HTTP answer.
+/// Makes `call` to `to` (POD:PORT or SERVICE[:PORT]) and says whether the callee's network
+/// RBAC closed it: no HTTP answer, and its `rbac.denied` counter rose (a TCP port's refusal).
+async fn closed_by_network_rbac(w: &MeshWorld, to: &str, call: &Call) -> Option<String> {
+    let model = crate::declared::model(w.target.manifests());
+    let (name, port) = split_port(to);
+    let (pods, target_port): (Vec<String>, u16) = match model.pods.iter().find(|p| p.name == name) {
+        Some(p) => (vec![p.name.clone()], port.unwrap_or(*p.ports.first()?)),
+        None => {
+            let svc = model.service(name)?;
+            let sp = port.and_then(|p| svc.port(p)).unwrap_or(svc.default_port());
+            (
+                model.pods_of(svc).map(|p| p.name.clone()).collect(),
+                sp.target_port,
+            )
+        }
+    };
+    let stat = format!("tcp.inbound_{target_port}.rbac.denied");
+    let denied = || async {
+        let mut sum = 0;
+        for p in &pods {
+            sum += crate::target::stat(&*w.target, p, &stat).await.ok()?;
+        }
+        Some(sum)
+    };
+    let before = denied().await?;
+    let o = w.target.call(call).await.ok()?;
+    let after = denied().await?;
+    (o.status().is_none() && after > before).then(|| {
+        format!(
+            "{to}: closed without an HTTP answer and {stat} rose by {}",
+            after - before
+        )
+    })
+}
+
+/// Proves the proxy at `to` is alive: an mTLS handshake with a mesh identity and an HTTP answer
+/// (or, on a TCP port, a connection its network RBAC counted as denied).
 async fn proof_of_life(w: &MeshWorld, to: &str, refused_how: &str) -> String {
     let mut call = Call::new(From::Outside(Transport::MeshIdentity), to, "/health");
     call.timeout = CALL_TIMEOUT;
@@ -167,6 +205,9 @@ async fn proof_of_life(w: &MeshWorld, to: &str, refused_how: &str) -> String {
     match &o {
         Outcome::Response { status, .. } => format!(
             "the same address completed an mTLS handshake with a mesh identity and answered HTTP {status}, so a live proxy refused {refused_how}"
+        ),
+        _ if let Some(closed) = closed_by_network_rbac(w, to, &call).await => format!(
+            "with a mesh identity the same address completed an mTLS handshake and its network RBAC decided ({closed}), so a live proxy refused {refused_how}"
         ),
         other => unchecked!(
             "{to} refused {refused_how}, but it also failed an mTLS handshake with a mesh identity ({}): the refusal may come from a proxy that is down or misconfigured, not from its policy",
@@ -257,6 +298,12 @@ async fn every_port_as_declared(w: &mut MeshWorld) {
                 mode_name(*m),
                 o.status().unwrap_or(0)
             )),
+            // A TCP port's RBAC answers plaintext it accepted by closing the connection.
+            (_, false) if let Some(closed) = closed_by_network_rbac(w, &to, &call).await => lines
+                .push(format!(
+                    "{to} {}: plaintext reached the proxy's network RBAC ({closed})",
+                    mode_name(*m)
+                )),
             (_, false) => wrong.push(format!(
                 "{to} is declared {} but refused plaintext: {}",
                 mode_name(*m),

@@ -1,0 +1,149 @@
+//! A TCP port of the agent: bytes are echoed back, except that a peer that opens with an HTTP
+//! request is answered over HTTP (so the harness's HTTP calls and probes work through a
+//! sidecar's tcp_proxy, and a refusal by network RBAC shows as a closed connection).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use anyhow::{Context as _, Result};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::task::JoinSet;
+
+use super::{Handled, Listen};
+
+const HTTP_OPENINGS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"PATCH ",
+    b"OPTIONS ",
+    b"CONNECT ",
+    b"PRI * ",
+];
+
+/// A stream whose first bytes were already read.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let rest = self.prefix.split_off(n);
+            buf.put_slice(&self.prefix);
+            self.prefix = rest;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn connection<S, F, Fut>(mut stream: S, handler: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    let mut first = vec![0u8; 4096];
+    let n = match stream.read(&mut first).await {
+        Ok(0) | Err(_) => return,
+        Ok(n) => n,
+    };
+    first.truncate(n);
+    if HTTP_OPENINGS.iter().any(|o| first.starts_with(o)) {
+        let io = Prefixed {
+            prefix: first,
+            inner: stream,
+        };
+        let svc = hyper::service::service_fn(handler);
+        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
+        return;
+    }
+    // Echo, bounded by the peer: it ends when the peer closes.
+    if stream.write_all(&first).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn serve<F, Fut>(
+    tasks: &mut JoinSet<()>,
+    listen: &Listen,
+    handler: F,
+) -> Result<()>
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    macro_rules! accept_loop {
+        ($listener:expr) => {{
+            let listener = $listener;
+            tasks.spawn(async move {
+                let mut conns = JoinSet::new();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    conns.spawn(connection(stream, handler.clone()));
+                    while conns.try_join_next().is_some() {}
+                }
+            });
+        }};
+    }
+    match listen {
+        Listen::Tcp(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("agent: binding {addr}"))?;
+            accept_loop!(l);
+        }
+        Listen::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("agent: binding {}", path.display()))?;
+            accept_loop!(l);
+        }
+    }
+    Ok(())
+}
