@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::declared::authorization::{Ask, Caller, decide};
+use crate::declared::authorization::{Ask, Caller, Decision, decide};
 use crate::manifest::istio::{MtlsMode, StringMatch};
 use crate::model::{MeshModel, Pod, Workload};
 use crate::translate::peer_authentication::effective_mode;
@@ -177,6 +177,7 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
         .filter(|p| seen.insert((p.namespace.clone(), p.service_account.clone())))
         .collect();
     let mut rows = Vec::new();
+    let mut undecided = BTreeSet::new();
     for callee in &model.services {
         let Some(pod) = model.pods_of(callee).next() else {
             continue;
@@ -194,13 +195,19 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
                 if tcp && path != DEFAULT_PATH {
                     continue;
                 }
+                let host = format!("{}:{}", callee.name, port.port);
                 let ask = Ask {
                     port: port.target_port,
                     path,
                     method: "GET",
                     tcp,
+                    host: &host,
                 };
                 let d = decide(&model.manifests, &workload, &who, &ask);
+                if let Decision::Undecidable { why } = &d {
+                    undecided.insert(format!("{host}: {why}"));
+                    continue;
+                }
                 let verdict = match (d.allowed(), tcp) {
                     (true, _) => "allowed",
                     (false, false) => "denied by RBAC",
@@ -224,6 +231,9 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
         "Every workload identity calls every service port; each call is allowed or denied as the policies decide (a TCP port's denial closes the connection).",
         source,
     );
+    for u in &undecided {
+        let _ = writeln!(text, "  # Left out: {u}.");
+    }
     text.push_str("\n  Scenario Outline: <caller> calling <callee> at <path> is <verdict>\n    When <caller> calls <callee> at <path>\n    Then the call is <verdict>\n\n    Examples:\n");
     let scenarios = rows.len();
     text.push_str(&table(
@@ -291,6 +301,7 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
                     path: &path,
                     method: "GET",
                     tcp: false,
+                    host: &host,
                 };
                 let d = decide(
                     &model.manifests,
@@ -298,6 +309,9 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
                     &Caller { principal: None },
                     &ask,
                 );
+                if matches!(d, Decision::Undecidable { .. }) {
+                    continue;
+                }
                 rows.push(vec![
                     path,
                     if d.allowed() {

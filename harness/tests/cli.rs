@@ -53,14 +53,14 @@ fn stdout(out: &Output) -> String {
 #[test]
 fn unsupported_field_exits_2_naming_file_line_and_field() {
     let mesh = mesh_copy(only("security.yaml", |text| {
-        text.replacen("  action: ALLOW\n  rules:\n", "  action: ALLOW\n  rules:\n  - when:\n    - key: request.headers[x-debug]\n      values: [\"1\"]\n", 1)
+        text.replacen("  action: ALLOW\n  rules:\n", "  action: ALLOW\n  targetRefs:\n  - {kind: Gateway, group: gateway.networking.k8s.io, name: edge}\n  rules:\n", 1)
     }));
     let cwd = tempfile::tempdir().unwrap();
     let args = ["up", "--mesh", mesh.path().to_str().unwrap()];
     let out = expect(cwd.path(), &args, 2);
     let err = stderr(&out);
     assert!(
-        err.contains("security.yaml:") && err.contains("`when`"),
+        err.contains("security.yaml:") && err.contains("`targetRefs`"),
         "{}",
         explain(cwd.path(), &args, &out)
     );

@@ -69,7 +69,7 @@ pub fn main() -> ExitCode {
     // against a server that hangs up), and SIGPIPE's default would kill the whole run there.
     if matches!(
         cli.command,
-        Command::Status(_) | Command::Token(_) | Command::Report(_)
+        Command::Status(_) | Command::Token(_) | Command::Report(_) | Command::Derive(_)
     ) {
         // SAFETY: setting a signal disposition before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };

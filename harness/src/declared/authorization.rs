@@ -4,7 +4,7 @@
 //! suite derived from it checks that translation instead of repeating it.
 
 use crate::manifest::istio::{
-    AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzRule, AuthzSource,
+    AuthorizationPolicySpec, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource,
 };
 use crate::manifest::{Manifests, Resource};
 use crate::model::{TRUST_DOMAIN, Workload};
@@ -39,6 +39,8 @@ pub struct Ask<'a> {
     /// A TCP port: rules needing HTTP (paths, methods, request principals) never allow, and a
     /// DENY rule is read without them (Istio's reading for TCP).
     pub tcp: bool,
+    /// The Host the request carries.
+    pub host: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,9 @@ pub enum Decision {
     Allowed { by: Option<String> },
     /// Denied: by a DENY policy's rule, or because ALLOW policies apply and none matched.
     Denied { by: String },
+    /// A condition the manifests alone cannot settle (an IP block, a request header): the
+    /// policy named decides at run time.
+    Undecidable { why: String },
 }
 
 impl Decision {
@@ -60,6 +65,7 @@ impl Decision {
             Decision::Allowed { by: Some(p) } => format!("allowed by {p}"),
             Decision::Allowed { by: None } => "no ALLOW policy applies".into(),
             Decision::Denied { by } => by.clone(),
+            Decision::Undecidable { why } => why.clone(),
         }
     }
 }
@@ -83,77 +89,156 @@ pub fn decide(manifests: &Manifests, workload: &Workload, caller: &Caller, ask: 
             .iter()
             .filter(move |p| p.spec.action.unwrap_or(AuthzAction::Allow) == action)
     };
-    if let Some(p) =
-        of(AuthzAction::Deny).find(|p| matches(&p.spec, AuthzAction::Deny, caller, ask))
-    {
-        return Decision::Denied {
-            by: format!("denied by {}", name(p)),
-        };
+    let unsure = |p: &Resource<AuthorizationPolicySpec>| Decision::Undecidable {
+        why: format!(
+            "{} has a condition only the running mesh can decide",
+            name(p)
+        ),
+    };
+    for p in of(AuthzAction::Deny) {
+        match matches(&p.spec, AuthzAction::Deny, caller, ask) {
+            Some(true) => {
+                return Decision::Denied {
+                    by: format!("denied by {}", name(p)),
+                };
+            }
+            Some(false) => {}
+            None => return unsure(p),
+        }
     }
     let allows: Vec<_> = of(AuthzAction::Allow).collect();
     if allows.is_empty() {
         return Decision::Allowed { by: None };
     }
-    match allows
-        .iter()
-        .find(|p| matches(&p.spec, AuthzAction::Allow, caller, ask))
-    {
-        Some(p) => Decision::Allowed { by: Some(name(p)) },
-        None => Decision::Denied {
-            by: format!(
-                "no rule of {} matches",
-                allows
-                    .iter()
-                    .map(|p| name(p))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
+    for p in &allows {
+        match matches(&p.spec, AuthzAction::Allow, caller, ask) {
+            Some(true) => return Decision::Allowed { by: Some(name(p)) },
+            Some(false) => {}
+            None => return unsure(p),
+        }
+    }
+    Decision::Denied {
+        by: format!(
+            "no rule of {} matches",
+            allows
+                .iter()
+                .map(|p| name(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
-/// Does any rule match? (No rules: none does.)
+/// Does any rule match? (No rules: none does; None: a rule cannot be decided here.)
 fn matches(
     spec: &AuthorizationPolicySpec,
     action: AuthzAction,
     caller: &Caller,
     ask: &Ask,
-) -> bool {
-    spec.rules.iter().flatten().any(|rule| {
-        let needs_http = rule.to.iter().any(|t| {
-            let o = &t.operation;
-            !(o.paths.is_empty()
-                && o.not_paths.is_empty()
-                && o.methods.is_empty()
-                && o.not_methods.is_empty())
-        }) || rule.from.iter().any(|f| {
-            !(f.source.request_principals.is_empty() && f.source.not_request_principals.is_empty())
-        });
-        if ask.tcp && needs_http {
-            if action == AuthzAction::Allow {
-                return false;
+) -> Option<bool> {
+    let mut unsure = false;
+    for rule in spec.rules.iter().flatten() {
+        let rule = if ask.tcp {
+            match crate::translate::authorization_policy::for_tcp(action, rule) {
+                Some(r) => r,
+                None => continue,
             }
-            let mut r = rule.clone();
-            for t in &mut r.to {
-                let o = &mut t.operation;
-                (o.paths, o.not_paths, o.methods, o.not_methods) = Default::default();
-            }
-            for f in &mut r.from {
-                f.source.request_principals.clear();
-                f.source.not_request_principals.clear();
-            }
-            return rule_matches(&r, caller, ask);
+        } else {
+            rule.clone()
+        };
+        match rule_matches(&rule, caller, ask) {
+            Some(true) => return Some(true),
+            Some(false) => {}
+            None => unsure = true,
         }
-        rule_matches(rule, caller, ask)
-    })
+    }
+    if unsure { None } else { Some(false) }
 }
 
-fn rule_matches(rule: &AuthzRule, caller: &Caller, ask: &Ask) -> bool {
-    (rule.from.is_empty() || rule.from.iter().any(|f| source(&f.source, caller)))
-        && (rule.to.is_empty() || rule.to.iter().any(|t| operation(&t.operation, ask)))
+fn rule_matches(rule: &AuthzRule, caller: &Caller, ask: &Ask) -> Option<bool> {
+    let from = if rule.from.is_empty() {
+        Some(true)
+    } else {
+        any_of(rule.from.iter().map(|f| source(&f.source, caller)))
+    };
+    let to = rule.to.is_empty() || rule.to.iter().any(|t| operation(&t.operation, ask));
+    let when = all_of(rule.when.iter().map(|c| condition(c, caller, ask)));
+    // A known mismatch settles it even when another part is unknown.
+    all_of([from, Some(to), when].into_iter())
 }
 
-fn source(s: &AuthzSource, caller: &Caller) -> bool {
+/// OR over answers some of which may be unknown: true if any is true, unknown if none is true
+/// and one is unknown.
+fn any_of(items: impl Iterator<Item = Option<bool>>) -> Option<bool> {
+    let mut unknown = false;
+    for i in items {
+        match i {
+            Some(true) => return Some(true),
+            None => unknown = true,
+            Some(false) => {}
+        }
+    }
+    if unknown { None } else { Some(false) }
+}
+
+fn all_of(items: impl Iterator<Item = Option<bool>>) -> Option<bool> {
+    let mut unknown = false;
+    for i in items {
+        match i {
+            Some(false) => return Some(false),
+            None => unknown = true,
+            Some(true) => {}
+        }
+    }
+    if unknown { None } else { Some(true) }
+}
+
+/// One `when` condition for a call without a token: keys on the caller's identity and the
+/// port are decided; `request.auth.*` never match a call without a token; anything that needs
+/// addresses or headers is unknown.
+fn condition(c: &AuthzCondition, caller: &Caller, ask: &Ask) -> Option<bool> {
+    let value: Option<String> = match c.key.as_str() {
+        "source.principal" => caller.principal.clone(),
+        "source.namespace" => caller.namespace().map(str::to_string),
+        "source.serviceAccount" => account_of(caller),
+        "destination.port" => Some(ask.port.to_string()),
+        // No token: no request principal, audiences, presenter or claims.
+        k if k.starts_with("request.auth.") => Some(String::new()),
+        _ => return None,
+    };
+    let value = value.unwrap_or_default();
+    let present = |list: &[String]| !value.is_empty() && list.iter().any(|p| wildcard(p, &value));
+    Some((c.values.is_empty() || present(&c.values)) && !present(&c.not_values))
+}
+
+fn source(s: &AuthzSource, caller: &Caller) -> Option<bool> {
+    let ip_blocks = !(s.ip_blocks.is_empty()
+        && s.not_ip_blocks.is_empty()
+        && s.remote_ip_blocks.is_empty()
+        && s.not_remote_ip_blocks.is_empty());
+    match (identity(s, caller), ip_blocks) {
+        (false, _) => Some(false),
+        // Addresses are the running mesh's: only it can say.
+        (true, true) => None,
+        (true, false) => Some(true),
+    }
+}
+
+/// "NAMESPACE/NAME" of a mesh identity.
+fn account_of(caller: &Caller) -> Option<String> {
+    let (ns, sa) = caller
+        .principal
+        .as_deref()?
+        .split_once("/ns/")?
+        .1
+        .split_once("/sa/")?;
+    Some(format!("{ns}/{sa}"))
+}
+
+/// The parts of a source the caller's identity alone decides.
+fn identity(s: &AuthzSource, caller: &Caller) -> bool {
+    let account = account_of(caller);
+    let in_accounts = |list: &[String]| account.as_ref().is_some_and(|a| list.contains(a));
     let principal = caller.principal.as_deref();
     let namespace = caller.namespace();
     let any_of = |values: &[String], v: Option<&str>| {
@@ -166,6 +251,8 @@ fn source(s: &AuthzSource, caller: &Caller) -> bool {
         // A request without a token has no request principal: `requestPrincipals` never
         // match it, `notRequestPrincipals` always do.
         && s.request_principals.is_empty()
+        && (s.service_accounts.is_empty() || in_accounts(&s.service_accounts))
+        && !in_accounts(&s.not_service_accounts)
 }
 
 fn operation(o: &AuthzOperation, ask: &Ask) -> bool {
@@ -178,6 +265,12 @@ fn operation(o: &AuthzOperation, ask: &Ask) -> bool {
         && !has(&o.not_paths, ask.path, wildcard)
         && (o.methods.is_empty() || has(&o.methods, ask.method, |a, b| a == b))
         && !has(&o.not_methods, ask.method, |a, b| a == b)
+        && (o.hosts.is_empty() || has(&o.hosts, ask.host, host_match))
+        && !has(&o.not_hosts, ask.host, host_match)
+}
+
+fn host_match(pattern: &str, host: &str) -> bool {
+    wildcard(&pattern.to_ascii_lowercase(), &host.to_ascii_lowercase())
 }
 
 /// Istio's string match: exact, `prefix*`, `*suffix`, or `*` (anything present).
@@ -218,6 +311,7 @@ mod tests {
         path: "/ratings/0",
         method: "GET",
         tcp: false,
+        host: "ratings:9080",
     };
 
     #[test]
@@ -261,6 +355,20 @@ mod tests {
         assert!(!decide(&m, &ratings(), &productpage, &GET).allowed());
         let plaintext = Caller { principal: None };
         assert!(!decide(&m, &ratings(), &plaintext, &GET).allowed());
+    }
+
+    #[test]
+    fn conditions_only_the_running_mesh_settles_are_undecidable_unless_something_else_fails() {
+        let m = manifests(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: team, namespace: default}\nspec:\n  rules:\n  - from: [{source: {serviceAccounts: [default/reviews], ipBlocks: [10.0.0.0/8]}}]\n    when: [{key: 'request.headers[x-team]', values: [blue]}, {key: destination.port, values: ['9080']}]\n",
+        );
+        let reviews = Caller::workload("default", "reviews");
+        let d = decide(&m, &ratings(), &reviews, &GET);
+        assert!(matches!(d, Decision::Undecidable { .. }), "{d:?}");
+        let details = Caller::workload("default", "details");
+        assert!(!decide(&m, &ratings(), &details, &GET).allowed());
+        let other_port = Ask { port: 9081, ..GET };
+        assert!(!decide(&m, &ratings(), &reviews, &other_port).allowed());
     }
 
     #[test]

@@ -432,12 +432,12 @@ mod tests {
     #[test]
     fn unsupported_field_names_file_line_and_field() {
         let err = load(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: a\n---\napiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\nspec:\n  rules:\n  - when:\n    - key: request.headers[x]\n",
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: a\n---\napiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\nspec:\n  rules:\n  - {}\n  targetRefs:\n  - {kind: Gateway, name: g}\n",
         )
         .unwrap_err();
         assert_eq!(err.file, Path::new("test.yaml"));
-        assert_eq!(err.field.as_deref(), Some("when"));
-        assert_eq!(err.line, Some(12), "{err}");
+        assert_eq!(err.field.as_deref(), Some("targetRefs"));
+        assert_eq!(err.line, Some(13), "{err}");
     }
 
     #[test]

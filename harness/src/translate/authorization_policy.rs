@@ -8,10 +8,10 @@ use crate::error::InputError;
 use crate::manifest::istio::{
     AuthorizationPolicySpec, AuthzAction, AuthzOperation, AuthzRule, AuthzSource,
 };
-use crate::manifest::{Manifests, Resource};
+use crate::manifest::{Manifests, Origin, Resource};
 use crate::model::Workload;
 
-use super::request_authentication::{JWT_FILTER, PAYLOAD_METADATA_KEY};
+use super::authz_conditions;
 
 const RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 
@@ -28,43 +28,13 @@ pub fn rbac_filters(manifests: &Manifests, workload: &Workload) -> Result<Vec<Va
         .collect())
 }
 
-/// The RBAC network filters for a TCP port, as Istio builds them: an ALLOW rule that needs
-/// HTTP (paths, methods, request principals) can never match and is dropped; a DENY rule loses
-/// those conditions and so denies more, never less.
+/// The RBAC network filters for a TCP port, its rules read as [`for_tcp`] says.
 pub fn rbac_network_filters(
     manifests: &Manifests,
     workload: &Workload,
     port: u16,
 ) -> Result<Vec<Value>, InputError> {
-    let configs = rbac_configs(manifests, workload, |action, rule| {
-        let http_only = |o: &AuthzOperation| {
-            !(o.paths.is_empty()
-                && o.not_paths.is_empty()
-                && o.methods.is_empty()
-                && o.not_methods.is_empty())
-        };
-        let needs_http = rule.to.iter().any(|t| http_only(&t.operation))
-            || rule.from.iter().any(|f| {
-                !(f.source.request_principals.is_empty()
-                    && f.source.not_request_principals.is_empty())
-            });
-        match (action, needs_http) {
-            (_, false) => Some(rule.clone()),
-            (AuthzAction::Allow, true) => None,
-            (AuthzAction::Deny, true) => {
-                let mut r = rule.clone();
-                for t in &mut r.to {
-                    let o = &mut t.operation;
-                    (o.paths, o.not_paths, o.methods, o.not_methods) = Default::default();
-                }
-                for f in &mut r.from {
-                    f.source.request_principals.clear();
-                    f.source.not_request_principals.clear();
-                }
-                Some(r)
-            }
-        }
-    })?;
+    let configs = rbac_configs(manifests, workload, for_tcp)?;
     Ok(configs
         .into_iter()
         .map(|mut c| {
@@ -73,6 +43,43 @@ pub fn rbac_network_filters(
             json!({"name": "envoy.filters.network.rbac", "typed_config": c})
         })
         .collect())
+}
+
+/// A rule as Istio reads it for a TCP port: an ALLOW rule that needs HTTP (paths, methods,
+/// hosts, request principals, `request.*` conditions) can never match and is dropped; a DENY
+/// rule loses those conditions and so denies more, never less.
+pub fn for_tcp(action: AuthzAction, rule: &AuthzRule) -> Option<AuthzRule> {
+    let http_only = |o: &AuthzOperation| {
+        !(o.paths.is_empty()
+            && o.not_paths.is_empty()
+            && o.methods.is_empty()
+            && o.not_methods.is_empty()
+            && o.hosts.is_empty()
+            && o.not_hosts.is_empty())
+    };
+    let needs_http = rule.to.iter().any(|t| http_only(&t.operation))
+        || rule.from.iter().any(|f| {
+            !(f.source.request_principals.is_empty() && f.source.not_request_principals.is_empty())
+        })
+        || rule.when.iter().any(|c| c.key.starts_with("request."));
+    match (action, needs_http) {
+        (_, false) => Some(rule.clone()),
+        (AuthzAction::Allow, true) => None,
+        (AuthzAction::Deny, true) => {
+            let mut r = rule.clone();
+            for t in &mut r.to {
+                let o = &mut t.operation;
+                (o.paths, o.not_paths, o.methods, o.not_methods) = Default::default();
+                (o.hosts, o.not_hosts) = Default::default();
+            }
+            for f in &mut r.from {
+                f.source.request_principals.clear();
+                f.source.not_request_principals.clear();
+            }
+            r.when.retain(|c| !c.key.starts_with("request."));
+            Some(r)
+        }
+    }
 }
 
 const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
@@ -110,25 +117,26 @@ fn rbac_configs(
         if enforced.is_empty() && shadow.is_empty() {
             continue;
         }
-        let rules = |of: &[&&Resource<AuthorizationPolicySpec>]| {
+        let rules = |of: &[&&Resource<AuthorizationPolicySpec>]| -> Result<Value, InputError> {
             let mut policies = Map::new();
             for p in of {
                 for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
                     if let Some(rule) = keep(action, rule) {
                         let key = format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace(), p.name());
-                        policies.insert(key, policy(&rule));
+                        let field = format!("spec.rules[{i}]");
+                        policies.insert(key, policy(&rule, &p.origin, &field)?);
                     }
                 }
             }
-            json!({"action": name, "policies": policies})
+            Ok(json!({"action": name, "policies": policies}))
         };
         let mut config = json!({});
         if !enforced.is_empty() {
-            config["rules"] = rules(&enforced);
+            config["rules"] = rules(&enforced)?;
         }
         // Dry-run policies are evaluated and counted, never enforced (Istio's shadow rules).
         if !shadow.is_empty() {
-            config["shadow_rules"] = rules(&shadow);
+            config["shadow_rules"] = rules(&shadow)?;
             config["shadow_rules_stat_prefix"] =
                 json!(format!("istio_dry_run_{}_", name.to_ascii_lowercase()));
         }
@@ -171,26 +179,43 @@ fn validate(manifests: &Manifests) -> Result<(), InputError> {
     Ok(())
 }
 
-fn policy(rule: &AuthzRule) -> Value {
-    let principals = if rule.from.is_empty() {
-        json!([{"any": true}])
+fn policy(rule: &AuthzRule, origin: &Origin, field: &str) -> Result<Value, InputError> {
+    let (when_principals, when_permissions) =
+        authz_conditions::conditions(&rule.when, origin, field)?;
+    let mut principal = if rule.from.is_empty() {
+        json!({"any": true})
     } else {
-        json!([or_ids(
-            rule.from.iter().map(|f| source(&f.source)).collect()
-        )])
+        let mut sources = Vec::new();
+        for (i, f) in rule.from.iter().enumerate() {
+            let extras = authz_conditions::source_extras(
+                &f.source,
+                origin,
+                &format!("{field}.from[{i}].source"),
+            )?;
+            sources.push(source(&f.source, extras));
+        }
+        or_ids(sources)
     };
-    let permissions = if rule.to.is_empty() {
-        json!([{"any": true}])
+    if !when_principals.is_empty() {
+        let mut ids = vec![principal];
+        ids.extend(when_principals);
+        principal = json!({"and_ids": {"ids": ids}});
+    }
+    let mut permission = if rule.to.is_empty() {
+        json!({"any": true})
     } else {
-        json!([or_rules(
-            rule.to.iter().map(|t| operation(&t.operation)).collect()
-        )])
+        or_rules(rule.to.iter().map(|t| operation(&t.operation)).collect())
     };
-    json!({"permissions": permissions, "principals": principals})
+    if !when_permissions.is_empty() {
+        let mut rules = vec![permission];
+        rules.extend(when_permissions);
+        permission = json!({"and_rules": {"rules": rules}});
+    }
+    Ok(json!({"permissions": [permission], "principals": [principal]}))
 }
 
-fn source(s: &AuthzSource) -> Value {
-    let mut ands = Vec::new();
+fn source(s: &AuthzSource, extras: Vec<Value>) -> Value {
+    let mut ands = extras;
     if !s.principals.is_empty() {
         ands.push(or_ids(
             s.principals.iter().map(|p| peer_principal(p)).collect(),
@@ -247,6 +272,7 @@ fn operation(o: &AuthzOperation) -> Value {
     if !o.not_methods.is_empty() {
         ands.push(json!({"not_rule": or_rules(o.not_methods.iter().map(|m| method(m)).collect())}));
     }
+    ands.extend(authz_conditions::operation_hosts(o));
     if ands.is_empty() {
         return json!({"any": true});
     }
@@ -261,42 +287,7 @@ fn or_rules(rules: Vec<Value>) -> Value {
     json!({"or_rules": {"rules": rules}})
 }
 
-/// Istio's wildcard convention on a string: "*" any, "p*" prefix, "*s" suffix, else exact.
-fn string_match(value: &str, prefix: &str) -> Value {
-    if value == "*" {
-        json!({"safe_regex": {"regex": ".+"}})
-    } else if let Some(p) = value.strip_suffix('*') {
-        json!({"prefix": format!("{prefix}{p}")})
-    } else if let Some(s) = value.strip_prefix('*') {
-        json!({"suffix": s})
-    } else {
-        json!({"exact": format!("{prefix}{value}")})
-    }
-}
-
-fn peer_principal(p: &str) -> Value {
-    json!({"authenticated": {"principal_name": string_match(p, "spiffe://")}})
-}
-
-fn namespace(ns: &str) -> Value {
-    let regex = format!(".*/ns/{}/.*", crate::regex_literal::escape(ns));
-    json!({"authenticated": {"principal_name": {"safe_regex": {"regex": regex}}}})
-}
-
-/// A request principal is "iss/sub" from the verified JWT; jwt_authn puts the payload in
-/// dynamic metadata, so match its iss and sub there.
-fn request_principal(p: &str) -> Value {
-    let claim = |key: &str, m: Value| json!({"sourced_metadata": {"metadata_matcher": {"filter": JWT_FILTER, "path": [{"key": PAYLOAD_METADATA_KEY}, {"key": key}], "value": {"string_match": m}}}});
-    if p == "*" {
-        return claim("iss", json!({"safe_regex": {"regex": ".+"}}));
-    }
-    match p.rsplit_once('/') {
-        Some((iss, sub)) => {
-            json!({"and_ids": {"ids": [claim("iss", string_match(iss, "")), claim("sub", string_match(sub, ""))]}})
-        }
-        None => claim("iss", string_match(p, "")),
-    }
-}
+use authz_conditions::{namespace, peer_principal, request_principal, string_match};
 
 fn path(p: &str) -> Value {
     json!({"url_path": {"path": string_match(p, "")}})

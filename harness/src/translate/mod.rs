@@ -4,6 +4,7 @@
 //! listeners and clusters from them, and `bootstrap` points Envoy at them (filesystem xDS).
 
 pub mod authorization_policy;
+pub mod authz_conditions;
 pub mod bootstrap;
 pub mod destination_rule;
 pub mod duration;
