@@ -534,11 +534,18 @@ impl MeshModel {
     /// (short name, name.ns, or FQDN) to a Service.
     pub fn resolve_host(&self, host: &str, namespace: &str) -> Option<&Service> {
         let host = host.split(':').next().unwrap_or(host);
+        let (name, rest) = host.split_once('.').unwrap_or((host, ""));
+        // Without allocating: every sidecar's config resolves hosts services x rules times.
         self.services.iter().find(|s| {
-            (s.namespace == namespace && host == s.name)
-                || host == format!("{}.{}", s.name, s.namespace)
-                || host == format!("{}.{}.svc", s.name, s.namespace)
-                || host == s.fqdn()
+            name == s.name
+                && if rest.is_empty() {
+                    s.namespace == namespace
+                } else {
+                    rest.strip_prefix(s.namespace.as_str()).is_some_and(|tail| {
+                        matches!(tail, "" | ".svc")
+                            || tail.strip_prefix(".svc.") == Some(TRUST_DOMAIN)
+                    })
+                }
         })
     }
 }

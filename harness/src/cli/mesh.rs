@@ -121,11 +121,16 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         .map(|p| p.name.as_str())
         .collect();
     if !stand_ins.is_empty() {
+        let shown = stand_ins.len().min(8);
+        let more = match stand_ins.len() - shown {
+            0 => String::new(),
+            n => format!(" and {n} more (`meshtest status` lists them)"),
+        };
         println!(
-            "meshtest: {} of {} pods run a stand-in agent on their ports (their containers are not `meshtest agent`): {}",
+            "meshtest: {} of {} pods run a stand-in agent on their ports (their containers are not `meshtest agent`): {}{more}",
             stand_ins.len(),
             state.pods.len(),
-            stand_ins.join(", ")
+            stand_ins[..shown].join(", ")
         );
     }
     for i in &mesh.model().manifests.ignored {

@@ -14,6 +14,7 @@ pub mod process;
 mod proxy;
 pub mod runtime;
 pub mod state;
+pub(crate) mod xds;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -159,6 +160,7 @@ impl LocalMesh {
         let thread = MeshThread::start()?;
         let block = Block::claim()?;
         let run = RunDir::create(&block)?;
+        xds::serve(&thread, &run.path).await?;
         let certs_dir = run.path.join("certs");
         let ca = MeshCa::generate("meshtest mesh root")?;
         let issuer = Issuer::generate()?;

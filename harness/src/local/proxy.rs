@@ -14,7 +14,7 @@ use super::layout::write_atomic;
 use super::process::Supervised;
 use super::runtime::MeshThread;
 use crate::translate::EnvoyConfig;
-use crate::translate::bootstrap::{CDS_FILE, LDS_FILE, bootstrap};
+use crate::translate::bootstrap::{CDS_FILE, LDS_FILE, XdsSource, bootstrap};
 
 /// A proxy's process and whether its exit is expected (a chaos kill, not a crash).
 pub(crate) struct Process {
@@ -65,9 +65,17 @@ impl Proxy {
         } = *id;
         write_xds(dir, &config, 1)?;
         let admin = dir.join(ADMIN_SOCKET);
+        let socket = dir
+            .parent()
+            .context("a proxy directory inside the run directory")?
+            .join(super::xds::XDS_SOCKET);
+        let xds = XdsSource {
+            socket: &socket,
+            dir,
+        };
         std::fs::write(
             dir.join("bootstrap.json"),
-            serde_json::to_vec_pretty(&bootstrap(node, cluster, &admin, dir, stats))?,
+            serde_json::to_vec_pretty(&bootstrap(node, cluster, &admin, &xds, stats))?,
         )
         .context("writing bootstrap")?;
         let child = start(thread, envoy, name, dir).await?;
@@ -142,7 +150,9 @@ impl Proxy {
                 "filter_chains": [{"filters": []}],
             }],
         });
-        write_atomic(&self.dir.join(LDS_FILE), &serde_json::to_vec_pretty(&bad)?)
+        write_atomic(&self.dir.join(LDS_FILE), &serde_json::to_vec(&bad)?)?;
+        super::xds::changed(&self.dir, LDS_FILE, &version.to_string());
+        Ok(())
     }
 
     pub(crate) fn watched(&self) -> (String, Arc<Process>) {
@@ -175,14 +185,18 @@ async fn start(thread: &MeshThread, envoy: &Path, name: &str, dir: &Path) -> Res
 
 fn write_xds(dir: &Path, config: &EnvoyConfig, version: u64) -> Result<()> {
     // Clusters first: a listener may route to a cluster that is new in this version.
+    let v = version.to_string();
     write_atomic(
         &dir.join(CDS_FILE),
-        &serde_json::to_vec_pretty(&config.cds(version))?,
+        &serde_json::to_vec(&config.cds(version))?,
     )?;
+    super::xds::changed(dir, CDS_FILE, &v);
     write_atomic(
         &dir.join(LDS_FILE),
-        &serde_json::to_vec_pretty(&config.lds(version))?,
-    )
+        &serde_json::to_vec(&config.lds(version))?,
+    )?;
+    super::xds::changed(dir, LDS_FILE, &v);
+    Ok(())
 }
 
 fn tail_log(dir: &Path) -> String {

@@ -1,38 +1,60 @@
-//! The static bootstrap of a local Envoy: admin, runtime, and filesystem xDS for the rest.
+//! The static bootstrap of a local Envoy: admin, runtime, and the mesh's xDS server for the rest.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use serde_json::{Value, json};
 
+/// The files in a proxy's directory the xDS server serves it.
 pub const LDS_FILE: &str = "lds.json";
 pub const CDS_FILE: &str = "cds.json";
 
 /// Istio's port for a proxy's merged Prometheus metrics (`:15090/stats/prometheus`).
 pub const STATS_PORT: u16 = 15090;
 
-/// Envoy reloads LDS/CDS when a file in `xds_dir` is replaced by a rename. The admin API
-/// listens on the Unix socket `admin` (mode 0600, in the private run directory), never on TCP;
-/// `stats` (the pod address at [`STATS_PORT`]) serves only `GET /stats/prometheus` from it, as
-/// Istio's sidecars do, so Prometheus can scrape without reaching the admin API.
+/// Where a proxy's config comes from: the mesh's xDS server on a Unix socket, which serves the
+/// files in the proxy's own directory.
+pub struct XdsSource<'a> {
+    pub socket: &'a Path,
+    pub dir: &'a Path,
+}
+
+const XDS_CLUSTER: &str = "xds_rest";
+
+/// LDS and CDS come over REST from `xds` (long polls: the server holds a request until the
+/// config changes). The admin API listens on the Unix socket `admin` (mode 0600, in the
+/// private run directory), never on TCP; `stats` (the pod address at [`STATS_PORT`]) serves
+/// only `GET /stats/prometheus` from it, as Istio's sidecars do, so Prometheus can scrape
+/// without reaching the admin API.
 pub fn bootstrap(
     node_id: &str,
     cluster: &str,
     admin: &Path,
-    xds_dir: &Path,
+    xds: &XdsSource,
     stats: SocketAddr,
 ) -> Value {
-    let source = |file: &str| {
-        json!({
-            "resource_api_version": "V3",
-            "path_config_source": {"path": xds_dir.join(file), "watched_directory": {"path": xds_dir}},
-        })
-    };
+    let source = json!({
+        "resource_api_version": "V3",
+        "api_config_source": {
+            "api_type": "REST",
+            "transport_api_version": "V3",
+            "cluster_names": [XDS_CLUSTER],
+            "refresh_delay": "0.01s",
+            "request_timeout": "30s",
+        },
+    });
+    let mut statics = stats_listener(admin, stats);
+    statics["clusters"].as_array_mut().expect("clusters").push(json!({
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": xds.socket}}}}]}]},
+    }));
     json!({
-        "node": {"id": node_id, "cluster": cluster},
+        "node": {"id": node_id, "cluster": cluster, "metadata": {"xds_dir": xds.dir}},
         "admin": {"address": {"pipe": {"path": admin, "mode": 0o600}}},
-        "dynamic_resources": {"lds_config": source(LDS_FILE), "cds_config": source(CDS_FILE)},
-        "static_resources": stats_listener(admin, stats),
+        "dynamic_resources": {"lds_config": source, "cds_config": source},
+        "static_resources": statics,
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
             "typed_config": {
