@@ -191,6 +191,17 @@ spec:
   - matches: [{path: {type: Exact, value: /productpage}}, {path: {type: PathPrefix, value: /static}}]
     backendRefs: [{name: productpage, port: 9080}]
 ---
+# A second route for the same host: Istio merges them into one virtual host.
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: details-grpc}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [books.example.com]
+  rules:
+  - matches: [{method: {service: books.Details}}]
+    backendRefs: [{name: details, port: 9080}]
+---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
@@ -201,7 +212,7 @@ kind: AuthorizationPolicy
 metadata: {name: details-from-productpage}
 spec:
   selector: {matchLabels: {app: details}}
-  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/default]}}]}]
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/default, cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account]}}]}]
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -264,6 +275,15 @@ async fn an_unmodified_mesh_with_gateway_api_ingress_runs() {
         .await
         .unwrap();
     assert!(o.body().unwrap().contains("books.example.com"), "{o:?}");
+    let via = From::Ingress { https: false };
+    let o = mesh
+        .call(&call(via, "details", "/books.Details/Get"))
+        .await
+        .unwrap();
+    assert!(
+        o.body().unwrap().contains("\"service\": \"details\""),
+        "{o:?}"
+    );
     // STRICT: plaintext gets no HTTP answer.
     let o = mesh
         .call(&call(From::Outside(Transport::Plaintext), "details", "/"))

@@ -89,7 +89,10 @@ pub async fn run(a: CallArgs) -> Result<u8> {
     }
     let call = Call {
         from,
-        to: a.to.clone().unwrap_or_else(|| "api-gateway".into()),
+        to: a
+            .to
+            .clone()
+            .unwrap_or_else(|| crate::target::INGRESS.into()),
         path: a.path,
         method: a.method,
         headers,

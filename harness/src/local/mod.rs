@@ -323,12 +323,20 @@ impl LocalMesh {
                         proxy.log_tail()
                     );
                 }
-                if admin::is_live(&proxy.admin).await {
+                // LIVE with its first config accepted (a rejected one leaves Envoy LIVE with
+                // no listeners, which would look ready and refuse every call).
+                if admin::is_live(&proxy.admin).await
+                    && admin::xds_versions(&proxy.admin)
+                        .await
+                        .is_ok_and(|(lds, cds)| {
+                            lds.is_some_and(|v| !v.is_empty()) && cds.is_some_and(|v| !v.is_empty())
+                        })
+                {
                     break;
                 }
                 if started.elapsed() > READY_DEADLINE {
                     bail!(
-                        "Envoy for {} was not LIVE within {READY_DEADLINE:?}; its log:\n{}",
+                        "Envoy for {} was not LIVE with its config accepted within {READY_DEADLINE:?}; its log:\n{}",
                         proxy.name,
                         proxy.log_tail()
                     );

@@ -35,8 +35,8 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "DestinationRule",
-        "subsets (labels, trafficPolicy), trafficPolicy tls.mode (ISTIO_MUTUAL, DISABLE), loadBalancer.simple (ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM), connectionPool (tcp, http), outlierDetection",
-        "loadBalancer.consistentHash, tls modes SIMPLE and MUTUAL, portLevelSettings",
+        "subsets (labels, trafficPolicy), trafficPolicy tls.mode (ISTIO_MUTUAL, DISABLE), loadBalancer.simple (ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM) and consistentHash (httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName; ring hash or maglev), connectionPool (tcp, http), outlierDetection",
+        "tls modes SIMPLE and MUTUAL, portLevelSettings, localityLbSetting",
     ),
     (
         "Gateway (networking.istio.io)",
@@ -44,9 +44,9 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
         "Gateways selecting different workloads",
     ),
     (
-        "Gateway, HTTPRoute (gateway.networking.k8s.io)",
-        "class `istio` listeners HTTP/HTTPS; HTTPRoute parentRefs (Gateway, Service), hostnames, matches (path Exact/PathPrefix/RegularExpression, headers, method) in the Gateway API's precedence, backendRefs with weights, timeouts.request; other classes noted and ignored",
-        "GRPCRoute, TCPRoute, TLSRoute, route filters, queryParams, listeners TCP/TLS",
+        "Gateway, HTTPRoute, GRPCRoute (gateway.networking.k8s.io)",
+        "class `istio` listeners HTTP/HTTPS; HTTPRoute parentRefs (Gateway, Service), hostnames, matches (path Exact/PathPrefix/RegularExpression, headers, method) in the Gateway API's precedence, backendRefs with weights, timeouts.request; GRPCRoute (method matches on /SERVICE/METHOD, headers); other classes noted and ignored",
+        "TCPRoute, TLSRoute, route filters, queryParams, listeners TCP/TLS",
     ),
     (
         "EnvoyFilter",

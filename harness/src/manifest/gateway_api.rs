@@ -1,4 +1,4 @@
-//! Kubernetes Gateway API (`gateway.networking.k8s.io`) Gateway and HTTPRoute, converted the way
+//! Kubernetes Gateway API (`gateway.networking.k8s.io`) Gateway, HTTPRoute and GRPCRoute, converted the way
 //! istiod converts them: into an internal Istio Gateway selecting the Gateway's own deployment
 //! (`gateway.networking.k8s.io/gateway-name: NAME`) and a VirtualService per HTTPRoute, with
 //! one route per match sorted by the Gateway API's precedence and PathPrefix matched on path
@@ -164,6 +164,119 @@ pub struct Timeouts {
     pub request: Option<String>,
     #[serde(default)]
     pub backend_request: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ObjectRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<GrpcMatch>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMatch {
+    #[serde(default)]
+    pub method: Option<GrpcMethod>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMethod {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// A GRPCRoute is an HTTPRoute on gRPC's paths (`/SERVICE/METHOD`), as istiod converts it.
+pub fn grpc_route(
+    route: &Resource<GrpcRouteSpec>,
+) -> Result<Resource<VirtualServiceSpec>, InputError> {
+    let mut rules = Vec::new();
+    for (i, r) in route.spec.rules.iter().enumerate() {
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().enumerate() {
+            let path = match &m.method {
+                None => None,
+                Some(g) => Some(grpc_path(g).ok_or_else(|| {
+                    route.origin.error(
+                        &format!("spec.rules[{i}].matches[{j}].method"),
+                        "a method match needs a service or a method, and type Exact or RegularExpression",
+                    )
+                })?),
+            };
+            matches.push(RouteMatch {
+                path,
+                headers: m.headers.clone(),
+                method: None,
+            });
+        }
+        rules.push(RouteRule {
+            name: r.name.clone(),
+            matches,
+            backend_refs: r.backend_refs.clone(),
+            timeouts: None,
+        });
+    }
+    http_route(&Resource {
+        metadata: route.metadata.clone(),
+        spec: HttpRouteSpec {
+            parent_refs: route.spec.parent_refs.clone(),
+            hostnames: route.spec.hostnames.clone(),
+            rules,
+        },
+        origin: route.origin.clone(),
+    })
+}
+
+fn grpc_path(g: &GrpcMethod) -> Option<PathMatch> {
+    let (service, method) = (g.service.as_deref(), g.method.as_deref());
+    match g.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => match (service, method) {
+            (Some(s), Some(m)) => Some(PathMatch {
+                kind: "Exact".into(),
+                value: format!("/{s}/{m}"),
+            }),
+            (Some(s), None) => Some(PathMatch {
+                kind: "PathPrefix".into(),
+                value: format!("/{s}/"),
+            }),
+            (None, Some(m)) => Some(PathMatch {
+                kind: "RegularExpression".into(),
+                value: format!("/[^/]+/{}", crate::regex_literal::escape(m)),
+            }),
+            (None, None) => None,
+        },
+        "RegularExpression" if service.is_some() || method.is_some() => Some(PathMatch {
+            kind: "RegularExpression".into(),
+            value: format!(
+                "/{}/{}",
+                service.unwrap_or("[^/]+"),
+                method.unwrap_or("[^/]+")
+            ),
+        }),
+        _ => None,
+    }
 }
 
 /// What a Gateway API Gateway becomes: `None` when its class is not Istio's (another
@@ -477,6 +590,24 @@ mod tests {
         assert_eq!(
             vs.spec.http[1].matches[0].uri,
             Some(StringMatch::Prefix("/".into()))
+        );
+    }
+
+    #[test]
+    fn a_grpc_route_matches_grpc_paths() {
+        let m = load("apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  parentRefs: [{name: edge}]\n  rules:\n  - matches: [{method: {service: shop.Catalog, method: Get}}, {method: {service: shop.Orders}}]\n    backendRefs: [{name: catalog, port: 50051}]\n").unwrap();
+        let uris: Vec<_> = m.virtual_services[0]
+            .spec
+            .http
+            .iter()
+            .map(|h| h.matches[0].uri.clone())
+            .collect();
+        assert_eq!(
+            uris,
+            [
+                Some(StringMatch::Exact("/shop.Catalog/Get".into())),
+                Some(StringMatch::PathSeparatedPrefix("/shop.Orders".into()))
+            ]
         );
     }
 

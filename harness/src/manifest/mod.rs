@@ -262,6 +262,10 @@ impl Manifests {
                     ),
                 });
             }
+            ("gateway.networking.k8s.io", "GRPCRoute") => {
+                let route = typed(origin, doc)?;
+                self.virtual_services.push(gateway_api::grpc_route(&route)?);
+            }
             ("gateway.networking.k8s.io", "HTTPRoute") => {
                 let route = typed(origin, doc)?;
                 self.virtual_services.push(gateway_api::http_route(&route)?);
@@ -294,7 +298,7 @@ impl Manifests {
             _ => {
                 return Err(origin.error(
                     "kind",
-                    format!("unsupported resource {api}/{kind}: it may change what the mesh does, and meshtest does not translate it. Translated: Namespace, ServiceAccount, Deployment, StatefulSet, DaemonSet, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway (Istio's and the Gateway API's), HTTPRoute, ServiceEntry (MESH_EXTERNAL, noted), EnvoyFilter, Telemetry, IstioOperator (meshConfig), PrometheusRule; ignored: List is unpacked, {}", IGNORED_KINDS.join(", ")),
+                    format!("unsupported resource {api}/{kind}: it may change what the mesh does, and meshtest does not translate it. Translated: Namespace, ServiceAccount, Deployment, StatefulSet, DaemonSet, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway (Istio's and the Gateway API's), HTTPRoute, GRPCRoute, ServiceEntry (MESH_EXTERNAL, noted), EnvoyFilter, Telemetry, IstioOperator (meshConfig), PrometheusRule; ignored: List is unpacked, {}", IGNORED_KINDS.join(", ")),
                 ));
             }
         }

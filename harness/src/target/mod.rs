@@ -41,6 +41,10 @@ pub enum Transport {
     MeshIdentity,
 }
 
+/// What an ingress call names as its target: the gateway routes it by path and Host, so the
+/// name only labels the call.
+pub const INGRESS: &str = "istio-ingressgateway";
+
 /// A call to make: from somewhere, to a service (or a specific pod), at a path.
 #[derive(Debug, Clone)]
 pub struct Call {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::error::InputError;
-use crate::manifest::istio::{ClientTlsMode, DestinationRuleSpec, LbPolicy, TrafficPolicy};
+use crate::manifest::istio::{
+    ClientTlsMode, DestinationRuleSpec, LbPolicy, LoadBalancer, TrafficPolicy,
+};
 use crate::manifest::{Origin, Resource};
 use crate::model::{MeshModel, Service, ServicePort, labels_match};
 
@@ -163,9 +165,11 @@ fn cluster(
         "name": name,
         "type": "STATIC",
         "connect_timeout": duration::envoy(connect_timeout),
-        "lb_policy": match policy.and_then(|p| p.load_balancer.as_ref()).map(|l| l.simple) {
-            Some(LbPolicy::LeastRequest | LbPolicy::LeastConn) => "LEAST_REQUEST",
-            Some(LbPolicy::Random) => "RANDOM",
+        "lb_policy": match policy.and_then(|p| p.load_balancer.as_ref()) {
+            Some(LoadBalancer { consistent_hash: Some(h), .. }) if h.maglev.is_some() => "MAGLEV",
+            Some(LoadBalancer { consistent_hash: Some(_), .. }) => "RING_HASH",
+            Some(LoadBalancer { simple: Some(LbPolicy::LeastRequest | LbPolicy::LeastConn), .. }) => "LEAST_REQUEST",
+            Some(LoadBalancer { simple: Some(LbPolicy::Random), .. }) => "RANDOM",
             _ => "ROUND_ROBIN",
         },
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
@@ -178,6 +182,22 @@ fn cluster(
             "track_remaining": true,
         }]},
     });
+    if let Some(h) = policy
+        .and_then(|p| p.load_balancer.as_ref())
+        .and_then(|l| l.consistent_hash.as_ref())
+    {
+        let ring = h
+            .ring_hash
+            .as_ref()
+            .and_then(|r| r.minimum_ring_size)
+            .or(h.minimum_ring_size);
+        if let Some(size) = ring {
+            c["ring_hash_lb_config"] = json!({"minimum_ring_size": size});
+        }
+        if let Some(size) = h.maglev.as_ref().and_then(|m| m.table_size) {
+            c["maglev_lb_config"] = json!({"table_size": size});
+        }
+    }
     let mut protocol = json!({
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "explicit_http_config": if port.protocol.h2() {
@@ -260,6 +280,56 @@ fn cluster(
     Ok(c)
 }
 
+/// The route hash policy a consistent-hash DestinationRule needs (Envoy hashes on the route,
+/// balances on the cluster), or None.
+pub fn hash_policy(
+    model: &MeshModel,
+    service: &Service,
+    subset: Option<&str>,
+) -> Result<Option<Value>, InputError> {
+    let Some(rule) = rule_for(model, service)? else {
+        return Ok(None);
+    };
+    let sub = subset.and_then(|s| rule.spec.subsets.iter().find(|x| x.name == s));
+    let policy = effective_policy(rule.spec.traffic_policy.as_ref(), sub);
+    let Some(h) = policy
+        .as_ref()
+        .and_then(|p| p.load_balancer.as_ref())
+        .and_then(|l| l.consistent_hash.as_ref())
+    else {
+        return Ok(None);
+    };
+    let field = "spec.trafficPolicy.loadBalancer.consistentHash";
+    let one = if let Some(name) = &h.http_header_name {
+        json!({"header": {"header_name": name}})
+    } else if let Some(c) = &h.http_cookie {
+        let mut cookie = json!({"name": c.name});
+        if let Some(p) = &c.path {
+            cookie["path"] = json!(p);
+        }
+        if let Some(t) = &c.ttl {
+            let d = duration::parse(t).ok_or_else(|| {
+                rule.origin.error(
+                    &format!("{field}.httpCookie.ttl"),
+                    format!("`{t}` is not a duration"),
+                )
+            })?;
+            cookie["ttl"] = json!(duration::envoy(d));
+        }
+        json!({"cookie": cookie})
+    } else if h.use_source_ip == Some(true) {
+        json!({"connection_properties": {"source_ip": true}})
+    } else if let Some(q) = &h.http_query_parameter_name {
+        json!({"query_parameter": {"name": q}})
+    } else {
+        return Err(rule.origin.error(
+            field,
+            "say what to hash: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+        ));
+    };
+    Ok(Some(json!([one])))
+}
+
 /// Upstream protocol options that speak HTTP/2 (h2c to an application, h2 between sidecars).
 pub fn http2_options() -> Value {
     json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -276,6 +346,25 @@ mod tests {
 
     fn endpoints() -> Box<dyn Fn(&crate::model::Pod) -> IpAddr> {
         Box::new(|p| IpAddr::from([127, 0, 1, 1 + p.ordinal as u8]))
+    }
+
+    #[test]
+    fn a_consistent_hash_rings_the_cluster_and_hashes_on_the_route() {
+        let model = model_of(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: ns}\nspec:\n  host: svc\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpCookie: {name: session, ttl: 60s}, minimumRingSize: 1024}\n",
+        );
+        let endpoints = |_: &crate::model::Pod| IpAddr::from([127, 0, 0, 1]);
+        let clusters = outbound_clusters(&model, &certs(), &endpoints).unwrap();
+        assert_eq!(clusters[0]["lb_policy"], "RING_HASH");
+        assert_eq!(
+            clusters[0]["ring_hash_lb_config"]["minimum_ring_size"],
+            1024
+        );
+        let hosts = crate::translate::virtual_service::mesh_virtual_hosts(&model).unwrap();
+        assert_eq!(
+            hosts[0]["routes"][0]["route"]["hash_policy"],
+            json!([{"cookie": {"name": "session", "ttl": "60s"}}])
+        );
     }
 
     #[test]

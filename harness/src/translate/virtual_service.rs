@@ -8,7 +8,7 @@ use crate::manifest::istio::{Fault, HttpRoute, Retries, StringMatch, VirtualServ
 use crate::manifest::{Origin, Resource};
 use crate::model::{MeshModel, Service};
 
-use super::destination_rule::cluster_name;
+use super::destination_rule::{cluster_name, hash_policy};
 use super::{duration, route_actions};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -42,7 +42,7 @@ pub fn mesh_virtual_hosts(model: &MeshModel) -> Result<Vec<Value>, InputError> {
         for (i, port) in service.ports.iter().enumerate() {
             let routes = match vs {
                 Some(vs) => routes(model, vs, Some(port.port))?,
-                None => vec![default_route(service, port.port)],
+                None => vec![default_route(model, service, port.port)?],
             };
             let names = [
                 service.name.clone(),
@@ -127,7 +127,9 @@ pub fn gateway_virtual_hosts(
     gateway: &str,
     gw_namespace: &str,
 ) -> Result<Vec<Value>, InputError> {
-    let mut hosts = Vec::new();
+    // One virtual host per host name: Envoy refuses a domain in two virtual hosts, and Istio
+    // merges the routes of every VirtualService (or HTTPRoute) for a host, in order.
+    let mut hosts: Vec<(String, Vec<String>, Vec<Value>)> = Vec::new();
     for vs in &model.manifests.virtual_services {
         if !binds_gateway(&vs.spec, vs.namespace(), gateway, gw_namespace) {
             continue;
@@ -137,21 +139,37 @@ pub fn gateway_virtual_hosts(
                 .origin
                 .error("spec.hosts", "a VirtualService needs at least one host"));
         }
-        hosts.push(json!({
-            "name": format!("{}/{}", vs.namespace(), vs.name()),
-            "domains": vs.spec.hosts,
-            "routes": routes(model, vs, None)?,
-        }));
+        let name = format!("{}/{}", vs.namespace(), vs.name());
+        let routes = routes(model, vs, None)?;
+        for host in &vs.spec.hosts {
+            let host = host.rsplit_once('/').map_or(host.as_str(), |(_, h)| h);
+            match hosts.iter_mut().find(|(h, _, _)| h == host) {
+                Some((_, names, r)) => {
+                    names.push(name.clone());
+                    r.extend(routes.iter().cloned());
+                }
+                None => hosts.push((host.to_string(), vec![name.clone()], routes.clone())),
+            }
+        }
     }
-    Ok(hosts)
+    Ok(hosts
+        .into_iter()
+        .map(|(host, names, routes)| {
+            json!({"name": names.join(","), "domains": [host], "routes": routes})
+        })
+        .collect())
 }
 
-fn default_route(service: &Service, port: u16) -> Value {
-    json!({
+fn default_route(model: &MeshModel, service: &Service, port: u16) -> Result<Value, InputError> {
+    let mut route = json!({
         "name": "default",
         "match": {"prefix": "/"},
         "route": {"cluster": cluster_name(service, port, None), "timeout": "0s", "retry_policy": default_retry_policy()},
-    })
+    });
+    if let Some(h) = hash_policy(model, service, None)? {
+        route["route"]["hash_policy"] = h;
+    }
+    Ok(route)
 }
 
 /// Istio's retry policy when a route says nothing about retries (no retriable status codes
@@ -283,6 +301,8 @@ fn route_action(
         ));
     }
     let mut clusters = Vec::new();
+    // The first destination's consistent hash, if its DestinationRule declares one.
+    let mut hashed = None;
     for (j, rd) in http.route.iter().enumerate() {
         let f = format!("{field}.route[{j}].destination");
         let Some(service) = model.resolve_host(&rd.destination.host, vs.namespace()) else {
@@ -315,6 +335,9 @@ fn route_action(
         };
         // A subset no DestinationRule declares names a cluster that does not exist: Envoy
         // answers 503, as in Istio (which accepts the route); `dangling_references` warns.
+        if hashed.is_none() {
+            hashed = hash_policy(model, service, rd.destination.subset.as_deref())?;
+        }
         clusters.push((
             cluster_name(service, port, rd.destination.subset.as_deref()),
             rd.weight,
@@ -345,6 +368,9 @@ fn route_action(
         })?),
     };
     action["timeout"] = json!(timeout);
+    if let Some(h) = hashed {
+        action["hash_policy"] = h;
+    }
     match &http.retries {
         None => action["retry_policy"] = default_retry_policy(),
         Some(r) => {

@@ -63,7 +63,13 @@ fn describe_policy(p: Option<&crate::manifest::istio::TrafficPolicy>) -> Vec<Str
     let dur = |v: Option<&String>| v.cloned().unwrap_or_else(|| "none".into());
     let lb = p
         .and_then(|p| p.load_balancer.as_ref())
-        .map_or("none".to_string(), |l| format!("{:?}", l.simple));
+        .map_or("none".to_string(), |l| {
+            match (&l.simple, &l.consistent_hash) {
+                (Some(simple), _) => format!("{simple:?}"),
+                (None, Some(_)) => "ConsistentHash".to_string(),
+                (None, None) => "none".to_string(),
+            }
+        });
     vec![
         screaming(&lb),
         num(tcp.and_then(|t| t.max_connections)),

@@ -104,7 +104,7 @@ async fn no_token(w: &mut MeshWorld) {
 
 /// An ingress call carrying the scenario's token (if any) and extra headers.
 pub fn ingress_call(w: &MeshWorld, path: &str, headers: &[(String, String)]) -> Call {
-    let mut call = Call::new(From::Ingress { https: false }, "api-gateway", path);
+    let mut call = Call::new(From::Ingress { https: false }, crate::target::INGRESS, path);
     call.timeout = CALL_TIMEOUT;
     if let Some(t) = &w.token {
         call = call.header("authorization", t);

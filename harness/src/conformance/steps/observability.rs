@@ -690,8 +690,12 @@ async fn resolves(w: &mut MeshWorld, alert: String, service: String) {
 async fn one_request(w: &mut MeshWorld, tenant: String, path: String) {
     let id = format!("{tenant}-{}", std::process::id());
     let jwt = token(w, &TokenSpec::new(&id, Tier::Pro)).await;
-    let mut call = Call::new(From::Ingress { https: false }, "api-gateway", &path)
-        .header("authorization", &format!("Bearer {jwt}"));
+    let mut call = Call::new(
+        From::Ingress { https: false },
+        crate::target::INGRESS,
+        &path,
+    )
+    .header("authorization", &format!("Bearer {jwt}"));
     call.timeout = crate::conformance::world::CALL_TIMEOUT;
     w.tenants.insert(tenant.clone(), (id, Tier::Pro));
     w.call(format!("tenant {tenant}: ingress {path}"), call)

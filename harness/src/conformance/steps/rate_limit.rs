@@ -37,7 +37,7 @@ fn tenant(w: &MeshWorld, name: &str) -> (String, Tier) {
 async fn tenant_call(w: &MeshWorld, name: &str, path: &str) -> Call {
     let (id, tier) = tenant(w, name);
     let token = token(w, &TokenSpec::new(&id, tier)).await;
-    let mut call = Call::new(From::Ingress { https: false }, "api-gateway", path)
+    let mut call = Call::new(From::Ingress { https: false }, crate::target::INGRESS, path)
         .header("authorization", &format!("Bearer {token}"));
     call.timeout = CALL_TIMEOUT;
     call
