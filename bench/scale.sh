@@ -36,8 +36,10 @@ for services in $SIZES; do
     if (( SECONDS > deadline )) || ! kill -0 "$up" 2>/dev/null; then break; fi
     sleep 0.5
   done
-  ready=$(grep -o "ready in [0-9.]*s" "$log" | awk '{print $3}' || true)
-  read -r proxies pss inotify < <(python3 - "$up" <<'PY'
+  ready=$(grep -o "ready in [0-9.]*s" "$log" | awk '{print $3}' | tr -d s || true)
+  # `timeout` is $up; meshtest is its child, and the proxies are meshtest's.
+  mesh_pid=$(pgrep -P "$up" | head -1 || true)
+  read -r proxies pss inotify < <(python3 - "${mesh_pid:-0}" <<'PY'
 import os, sys
 parent = sys.argv[1]
 pss = inotify = n = 0

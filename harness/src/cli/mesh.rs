@@ -83,7 +83,14 @@ pub async fn up(a: UpArgs) -> Result<u8> {
         envoy: Some(envoy),
         observe: a.observe,
     };
-    let mesh = std::sync::Arc::new(LocalMesh::start(&opts).await?);
+    // A signal during start-up stops it: dropping the half-started mesh kills what it spawned.
+    let mesh = tokio::select! {
+        mesh = LocalMesh::start(&opts) => std::sync::Arc::new(mesh?),
+        _ = signals.wait() => {
+            println!("meshtest: stopped while starting");
+            return Ok(exit::UNCHECKED);
+        }
+    };
     let elapsed = started.elapsed();
     let state = mesh.state(&mesh_dir);
     // Other processes (chaos --attach, run --attach, chaos revert) change the mesh through
