@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use meshtest::outcome::Outcome;
 use meshtest::target::{Call, From, Target, Transport};
@@ -21,12 +21,11 @@ fn bookstore() -> PathBuf {
 
 fn run(args: &[&str], code: i32) -> String {
     let cwd = tempfile::tempdir().unwrap();
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_meshtest"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshtest"));
+    cmd.args(args)
         .current_dir(cwd.path())
-        .env("MESHTEST_STATE_DIR", cwd.path().join("state"))
-        .output()
-        .expect("running meshtest");
+        .env("MESHTEST_STATE_DIR", cwd.path().join("state"));
+    let out = support::output_within(&mut cmd, support::COMMAND_DEADLINE);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),

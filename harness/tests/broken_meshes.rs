@@ -54,11 +54,9 @@ fn assert_breaks(b: &Break) {
     if b.slow {
         args.push("--slow".into());
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_meshtest"))
-        .args(&args)
-        .current_dir(root())
-        .output()
-        .expect("running meshtest");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshtest"));
+    cmd.args(&args).current_dir(root());
+    let out = support::output_within(&mut cmd, support::COMMAND_DEADLINE);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let explain = format!(
         "break: {}\ncommand: meshtest {}\ncwd: {}\nexit: {:?}\nstdout (tail):\n{}\nstderr:\n{}",

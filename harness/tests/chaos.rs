@@ -19,12 +19,11 @@ fn root() -> PathBuf {
 
 /// Runs meshtest in the repo root with a private state directory.
 fn meshtest(state: &Path, args: &[&str]) -> (Output, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshtest"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshtest"));
+    cmd.args(args)
         .current_dir(root())
-        .env("MESHTEST_STATE_DIR", state)
-        .output()
-        .expect("running meshtest");
+        .env("MESHTEST_STATE_DIR", state);
+    let out = support::output_within(&mut cmd, support::COMMAND_DEADLINE);
     let explain = format!(
         "command: meshtest {}\ncwd: {}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
         args.join(" "),

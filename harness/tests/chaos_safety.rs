@@ -135,7 +135,7 @@ impl World {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("running meshtest")
+        support::output_within(&mut self.command(args), support::COMMAND_DEADLINE)
     }
 
     fn explain(&self, args: &[&str], code: Option<i32>, stdout: &str, stderr: &str) -> String {

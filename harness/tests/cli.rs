@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 use support::{eventually, mesh_copy, only, processes_mentioning, pyairtable_dir};
 
 fn meshtest(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshtest"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshtest"));
+    cmd.args(args)
         .current_dir(cwd)
         .env("MESHTEST_STATE_DIR", cwd.join("state"))
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("running meshtest")
+        .env_remove("RUST_BACKTRACE");
+    support::output_within(&mut cmd, support::COMMAND_DEADLINE)
 }
 
 fn explain(cwd: &Path, args: &[&str], out: &Output) -> String {

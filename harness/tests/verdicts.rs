@@ -19,12 +19,11 @@ fn root() -> std::path::PathBuf {
 }
 
 fn meshtest(cwd: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_meshtest"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshtest"));
+    cmd.args(args)
         .current_dir(cwd)
-        .env("MESHTEST_STATE_DIR", cwd.join("state"))
-        .output()
-        .expect("running meshtest")
+        .env("MESHTEST_STATE_DIR", cwd.join("state"));
+    support::output_within(&mut cmd, support::COMMAND_DEADLINE)
 }
 
 fn explain(args: &[&str], out: &std::process::Output) -> String {

@@ -62,6 +62,51 @@ pub fn only(
     move |name, text| if name == file { edit(text) } else { text }
 }
 
+/// Runs `cmd` to completion with its output captured, or kills it once `deadline` passes: a
+/// test that expects the command to exit must fail, not hang, when it does not (its Envoys die
+/// with it: they are tied to its mesh thread).
+pub fn output_within(cmd: &mut std::process::Command, deadline: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running meshtest");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for meshtest") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            break child.wait().expect("waiting for meshtest");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = err.join().unwrap_or_default();
+    if start.elapsed() > deadline {
+        stderr.extend_from_slice(format!("\n[killed by the test after {deadline:?}]\n").as_bytes());
+    }
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr,
+    }
+}
+
+/// A deadline for one meshtest command in a test: generous, but finite.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(600);
+
 /// Polls `check` until it holds or `deadline` passes; returns whether it held.
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
 where
