@@ -258,8 +258,36 @@ fn route_path(m: Option<&StringMatch>) -> Option<String> {
     }
 }
 
+/// (route, path, version, share %) for each version a weighted route splits traffic to, when
+/// the route can be named in a step (`the ingress route NAME`).
+fn canary_splits(
+    model: &MeshModel,
+    route: &crate::declared::DeclaredRoute,
+    path: &str,
+) -> Vec<Vec<String>> {
+    let named = crate::declared::routes::ingress_route_named(model, &route.name);
+    if named.is_none_or(|n| n.virtual_service != route.virtual_service || n.index != route.index) {
+        return Vec::new();
+    }
+    let versions: BTreeSet<String> = route
+        .destinations
+        .iter()
+        .flat_map(|d| crate::declared::routes::destination_versions(model, d))
+        .collect();
+    // The split is judged on its smallest share (the canary), as features/canary.feature does.
+    versions
+        .into_iter()
+        .map(|v| (route.weight_of_version(model, &v) * 100.0, v))
+        .filter(|(share, _)| *share > 0.0 && *share < 100.0)
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(share, v)| vec![route.name.clone(), path.to_string(), v, format!("{share}")])
+        .into_iter()
+        .collect()
+}
+
 fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
     let mut rows = Vec::new();
+    let mut splits = Vec::new();
     let mut seen = BTreeSet::new();
     let gateway_port = model
         .manifests
@@ -279,6 +307,15 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
             } else {
                 http.matches.iter().map(Some).collect()
             };
+            let host = crate::declared::routes::ingress_host(model);
+            let route_of = |path: &str| {
+                let req = crate::declared::RouteRequest::get(path);
+                crate::declared::routes::gateway_route(model, &host, &req)
+                    .filter(|r| r.fault.is_none())
+            };
+            // The route's own path, and the paths the gateway's policies name that this route
+            // serves (a catch-all route is often open only at /health).
+            let mut candidates = Vec::new();
             for m in matches {
                 // Header, method or regex conditions need more than a path: left out.
                 if m.is_some_and(|m| !m.headers.is_empty() || m.method.is_some()) {
@@ -287,13 +324,24 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
                 let Some(path) = route_path(m.and_then(|m| m.uri.as_ref())) else {
                     continue;
                 };
-                let req = crate::declared::RouteRequest::get(&path);
-                let host = crate::declared::routes::ingress_host(model);
+                let Some(own) = route_of(&path) else {
+                    continue;
+                };
+                candidates.push(path);
+                for p in probe_paths(model, &model.ingress) {
+                    if route_of(&p).is_some_and(|r| {
+                        r.virtual_service == own.virtual_service && r.index == own.index
+                    }) {
+                        candidates.push(p);
+                    }
+                }
+            }
+            for path in candidates {
                 // Only the route the request really takes (an earlier one may shadow it).
-                if crate::declared::routes::gateway_route(model, &host, &req)
-                    .is_none_or(|r| r.fault.is_some())
-                    || !seen.insert(path.clone())
-                {
+                let Some(route) = route_of(&path) else {
+                    continue;
+                };
+                if !seen.insert(path.clone()) {
                     continue;
                 }
                 let ask = Ask {
@@ -311,6 +359,10 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
                 );
                 if matches!(d, Decision::Undecidable { .. }) {
                     continue;
+                }
+                // One sample per route is enough for its split.
+                if d.allowed() && !splits.iter().any(|r: &Vec<String>| r[0] == route.name) {
+                    splits.extend(canary_splits(model, &route, &path));
                 }
                 rows.push(vec![
                     path,
@@ -334,8 +386,13 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
         source,
     );
     text.push_str("\n  Scenario Outline: <path> through the ingress is <verdict>\n    Given no token\n    When the client calls <path> through the ingress\n    Then the call is <verdict>\n\n    Examples:\n");
-    let scenarios = rows.len();
+    let mut scenarios = rows.len();
     text.push_str(&table(&["path", "verdict", "decided by"], rows));
+    if !splits.is_empty() {
+        text.push_str("\n  Scenario Outline: <route> sends <share>% of <path> to version <version>\n    Given no token\n    And the ingress route <route> sends <share>% of requests to version <version>\n    When enough requests are sent through the ingress to <path> to judge its split at a false-alarm rate of 0.001 with power 0.99 against a 5-point shift\n    Then the share of version <version> is consistent with the declared weight\n\n    Examples:\n");
+        scenarios += splits.len();
+        text.push_str(&table(&["route", "path", "version", "share"], splits));
+    }
     Some(Feature {
         file: "ingress.feature".into(),
         text,
