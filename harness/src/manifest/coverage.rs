@@ -20,8 +20,8 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "AuthorizationPolicy",
-        "ALLOW and DENY; from.source principals, namespaces, serviceAccounts, ipBlocks, remoteIpBlocks, requestPrincipals (and their not-forms); to.operation ports, paths, methods, hosts (and not-forms); `when` on request.headers[], source.ip, remote.ip, source.namespace, source.principal, source.serviceAccount, request.auth.principal/audiences/presenter/claims[], destination.ip, destination.port, connection.sni; `istio.io/dry-run` (shadow rules); on TCP ports Istio's reading (ALLOW rules needing HTTP dropped, DENY rules without their HTTP conditions)",
-        "CUSTOM and AUDIT actions, provider, targetRef(s), other `when` keys",
+        "ALLOW, DENY and AUDIT (Envoy's LOG action: marks, never enforces); from.source principals, namespaces, serviceAccounts, ipBlocks, remoteIpBlocks, requestPrincipals (and their not-forms); to.operation ports, paths, methods, hosts (and not-forms); `when` on request.headers[], source.ip, remote.ip, source.namespace, source.principal, source.serviceAccount, request.auth.principal/audiences/presenter/claims[], destination.ip, destination.port, connection.sni; `istio.io/dry-run` (shadow rules); on TCP ports Istio's reading (ALLOW rules needing HTTP dropped, DENY rules without their HTTP conditions)",
+        "CUSTOM (ext_authz providers are not translated), targetRef(s), other `when` keys",
     ),
     (
         "RequestAuthentication",

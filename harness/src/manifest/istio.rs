@@ -59,6 +59,9 @@ pub struct AuthorizationPolicySpec {
     /// `None` (no rules field) and `Some([])` both mean "matches nothing".
     #[serde(default)]
     pub rules: Option<Vec<AuthzRule>>,
+    /// The ext_authz provider of a CUSTOM policy.
+    #[serde(default)]
+    pub provider: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -66,6 +69,10 @@ pub struct AuthorizationPolicySpec {
 pub enum AuthzAction {
     Allow,
     Deny,
+    /// Marks matching requests for audit logging; allows and denies nothing.
+    Audit,
+    /// Delegates to an external authorizer (refused: no ext_authz provider is translated).
+    Custom,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

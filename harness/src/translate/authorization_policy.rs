@@ -64,7 +64,7 @@ pub fn for_tcp(action: AuthzAction, rule: &AuthzRule) -> Option<AuthzRule> {
         || rule.when.iter().any(|c| c.key.starts_with("request."));
     match (action, needs_http) {
         (_, false) => Some(rule.clone()),
-        (AuthzAction::Allow, true) => None,
+        (AuthzAction::Allow | AuthzAction::Audit | AuthzAction::Custom, true) => None,
         (AuthzAction::Deny, true) => {
             let mut r = rule.clone();
             for t in &mut r.to {
@@ -103,7 +103,12 @@ fn rbac_configs(
         })
         .collect();
     let mut configs = Vec::new();
-    for (action, name) in [(AuthzAction::Deny, "DENY"), (AuthzAction::Allow, "ALLOW")] {
+    // AUDIT first, as Istio orders them; it only marks requests (Envoy's LOG action).
+    for (action, name) in [
+        (AuthzAction::Audit, "LOG"),
+        (AuthzAction::Deny, "DENY"),
+        (AuthzAction::Allow, "ALLOW"),
+    ] {
         let of_action = |dry: bool| -> Result<Vec<&&Resource<_>>, InputError> {
             let mut out = Vec::new();
             for p in &applicable {
@@ -159,9 +164,21 @@ pub fn dry_run(p: &Resource<AuthorizationPolicySpec>) -> Result<bool, InputError
 
 pub const DRY_RUN: &str = "istio.io/dry-run";
 
-/// Ports in rules must be port numbers (Istio's validation).
+/// Ports in rules must be port numbers (Istio's validation); CUSTOM is refused.
 fn validate(manifests: &Manifests) -> Result<(), InputError> {
     for p in &manifests.authorization_policies {
+        if p.spec.action == Some(AuthzAction::Custom) {
+            return Err(p.origin.error(
+                "spec.action",
+                "CUSTOM delegates to an ext_authz provider (meshConfig.extensionProviders), which meshtest does not translate; the policy is refused rather than ignored",
+            ));
+        }
+        if p.spec.provider.is_some() {
+            return Err(p.origin.error(
+                "spec.provider",
+                "a provider belongs to a CUSTOM policy, which meshtest does not translate",
+            ));
+        }
         for (i, rule) in p.spec.rules.iter().flatten().enumerate() {
             for (j, to) in rule.to.iter().enumerate() {
                 let o = &to.operation;
@@ -367,6 +384,25 @@ mod tests {
         assert!(config.get("rules").is_none(), "{config}");
         assert_eq!(config["shadow_rules"]["action"], "ALLOW");
         assert_eq!(config["shadow_rules_stat_prefix"], "istio_dry_run_allow_");
+    }
+
+    #[test]
+    fn audit_only_marks_and_custom_is_refused() {
+        let f = filters(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: audit, namespace: pyairtable}\nspec: {action: AUDIT, rules: [{}]}\n",
+            "auth-service",
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0]["typed_config"]["rules"]["action"], "LOG");
+        let mut m = Manifests::default();
+        m.add_text(
+            Path::new("t.yaml"),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: pyairtable}\nspec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}\n",
+        )
+        .unwrap();
+        let w = Workload::ingress_gateway();
+        let err = rbac_filters(&m, &w).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.action"), "{err}");
     }
 
     #[test]
