@@ -97,6 +97,11 @@ pub struct LoadArgs {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Serve the generator's live metrics (requests, errors, latency quantiles, saturation)
+    /// in Prometheus' text format at http://ADDR/metrics while it runs.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// HTTP client: auto (hand-rolled HTTP/1.1 over http://, hyper
     /// otherwise), hyper, or fast.
     #[arg(long, hide = true, default_value = "auto")]
@@ -134,6 +139,7 @@ impl LoadArgs {
             report_dir: None,
             name: "load".into(),
             no_progress: false,
+            metrics_listen: None,
             client: "auto".into(),
             threads: None,
             send_batch: None,

@@ -109,7 +109,25 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
     let progress = plan
         .progress
         .then(|| Progress::start(lanes.clone(), asked(plan.mode), measure_start));
+    let exporter = match plan.metrics_listen {
+        Some(addr) => {
+            let e = crate::metrics::Exporter::start(
+                addr,
+                plan.name.clone(),
+                lanes.clone(),
+                asked(plan.mode),
+            )
+            .await
+            .map_err(|e| crate::LoadError::input(format!("--metrics-listen {addr}: {e}")))?;
+            if plan.progress {
+                eprintln!("metrics at http://{}/metrics", e.addr);
+            }
+            Some(e)
+        }
+        None => None,
+    };
     let outs = run_lanes(plan, &lanes, schedule).await;
+    drop(exporter);
     drop(progress);
     let outs = outs?;
 

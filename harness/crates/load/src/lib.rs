@@ -16,6 +16,7 @@ pub mod html;
 pub mod http1;
 pub mod lane;
 mod limits;
+pub mod metrics;
 pub mod open;
 pub mod plan;
 pub mod progress;

@@ -103,6 +103,8 @@ pub struct LoadPlan {
     pub report_dir: Option<PathBuf>,
     pub name: String,
     pub progress: bool,
+    /// Where to serve live metrics (`--metrics-listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// `--threshold` rules, judged by [`crate::run_load`] after the run.
     pub thresholds: Vec<Threshold>,
     /// Generator threads asked for; None: one per core the process may use.
@@ -271,6 +273,7 @@ impl LoadPlan {
             report_dir: args.report_dir.clone(),
             name: args.name.clone(),
             progress: !args.no_progress,
+            metrics_listen: args.metrics_listen,
             thresholds,
             threads: args.threads,
             send_batch,

@@ -306,3 +306,61 @@ async fn a_cancelled_run_stops_sending_in_both_loops() {
         assert!(r.recorder.total() > 0, "open={open}: nothing was sent");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_serves_live_counters_in_prometheus_text() {
+    let srv = server::start(Behaviour::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = plan(&srv.url("/"), |a| {
+        a.rate = Some(200.0);
+        a.duration = Some("2s".into());
+        a.name = "game-day".into();
+        a.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    });
+    let load = tokio::spawn(async move { run(&p).await });
+    // Poll with a deadline until the counters show requests.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut body = String::new();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s
+                .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await;
+            let _ = s.read_to_string(&mut body).await;
+        }
+        let has_requests = body.lines().any(|l| {
+            l.starts_with("meshtest_load_requests_total{name=\"game-day\"}")
+                && l.rsplit(' ').next() != Some("0")
+        });
+        if has_requests || tokio::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("# TYPE meshtest_load_requests_total counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains("meshtest_load_asked_rate{name=\"game-day\"} 200"),
+        "{body}"
+    );
+    assert!(body.contains("quantile=\"0.99\""), "{body}");
+    assert!(
+        body.contains("meshtest_load_generator_saturated{name=\"game-day\"} 0"),
+        "{body}"
+    );
+    load.await.unwrap().unwrap();
+    // Gone with the run.
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    );
+}
