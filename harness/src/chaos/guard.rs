@@ -44,6 +44,10 @@ impl Core {
                 super::live::line(&self.x, &self.traffic, &self.ledger, &probes, self.start)
             );
         }
+        if let Some((text, _)) = &self.metrics {
+            let m = super::live::metrics(&self.x, &self.traffic, &self.ledger, &probes, self.start);
+            *text.lock().expect("metrics lock") = m;
+        }
         if let Some(rule) = self.tripped() {
             self.abort(rule).await;
         }

@@ -65,3 +65,100 @@ pub fn line(
         }
     )
 }
+
+/// The same view in Prometheus' text format (`meshtest chaos --metrics-listen`).
+pub fn metrics(
+    x: &Experiment,
+    traffic: &Traffic,
+    ledger: &Ledger,
+    probes: &[ProbeResult],
+    start: Instant,
+) -> String {
+    use meshtest_load::metrics::{family, label_value};
+    let profile = format!("profile=\"{}\"", label_value(&x.profile.name));
+    let mut out = family(
+        "gauge",
+        "meshtest_chaos_elapsed_seconds",
+        "Time since the experiment started.",
+        &[format!(
+            "meshtest_chaos_elapsed_seconds{{{profile}}} {}",
+            start.elapsed().as_secs_f64()
+        )],
+    );
+    if let Some(k) = traffic.last_complete() {
+        let w = traffic.window(k, k + 1, &[]);
+        out += &family(
+            "gauge",
+            "meshtest_chaos_requests_per_second",
+            "Requests sent in the last complete second.",
+            &[format!(
+                "meshtest_chaos_requests_per_second{{{profile}}} {}",
+                w.requests
+            )],
+        );
+        out += &family(
+            "gauge",
+            "meshtest_chaos_error_ratio",
+            "Share of the last complete second's requests that failed.",
+            &[format!(
+                "meshtest_chaos_error_ratio{{{profile}}} {}",
+                w.error_rate().unwrap_or(0.0)
+            )],
+        );
+        if let Some(p99) = w.quantile(0.99) {
+            out += &family(
+                "gauge",
+                "meshtest_chaos_latency_p99_seconds",
+                "p99 latency of the last complete second, from intended send times.",
+                &[format!(
+                    "meshtest_chaos_latency_p99_seconds{{{profile}}} {}",
+                    p99.as_secs_f64()
+                )],
+            );
+        }
+    }
+    let live = ledger.live();
+    let active: Vec<String> = x
+        .plan
+        .faults
+        .iter()
+        .filter(|f| {
+            live.iter()
+                .any(|(id, _)| f.injections.iter().any(|(i, _)| i == id))
+        })
+        .map(|f| {
+            format!(
+                "meshtest_chaos_fault_active{{{profile},fault=\"{}\",name=\"{}\"}} 1",
+                label_value(&f.id),
+                label_value(&f.name)
+            )
+        })
+        .collect();
+    out += &family(
+        "gauge",
+        "meshtest_chaos_faults_active",
+        "Faults in force now.",
+        &[format!(
+            "meshtest_chaos_faults_active{{{profile}}} {}",
+            active.len()
+        )],
+    );
+    if !active.is_empty() {
+        out += &family(
+            "gauge",
+            "meshtest_chaos_fault_active",
+            "Each fault in force now.",
+            &active,
+        );
+    }
+    out += &family(
+        "gauge",
+        "meshtest_chaos_probes_failing",
+        "Probes failing now.",
+        &[format!(
+            "meshtest_chaos_probes_failing{{{profile}}} {}",
+            probes.iter().filter(|p| !p.ok).count()
+        )],
+    );
+    out
+}

@@ -38,6 +38,8 @@ pub struct Experiment {
     /// This process owns the mesh, so it keeps the leases (`Target::tick`).
     pub keeps_leases: bool,
     pub progress: bool,
+    /// Where the live view is served to Prometheus, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Test hook: stop at this point (`before-journal`, `journaled`, `applied:KIND`,
     /// `reverting`) until killed.
     pub pause_at: Option<String>,
@@ -152,6 +154,8 @@ pub(super) struct Core {
     pub(super) start: Instant,
     pub(super) high_error_from: Option<u64>,
     pub(super) last_beat: Option<Instant>,
+    /// The live view as Prometheus text, refreshed each heartbeat, and what serves it.
+    pub(super) metrics: Option<(Arc<Mutex<String>>, meshtest_load::metrics::Exporter)>,
 }
 
 impl Core {
@@ -222,7 +226,28 @@ pub async fn run(
         )),
         _ => None,
     };
+    let metrics = match x.metrics_listen {
+        Some(addr) => {
+            let text = Arc::new(Mutex::new(String::new()));
+            let served = text.clone();
+            let exporter = meshtest_load::metrics::Exporter::serve(
+                addr,
+                Arc::new(move || served.lock().expect("metrics lock").clone()),
+            )
+            .await
+            .map_err(|e| crate::error::InputError::new("--metrics-listen", e.to_string()))?;
+            if x.progress {
+                eprintln!(
+                    "meshtest: chaos metrics at http://{}/metrics",
+                    exporter.addr
+                );
+            }
+            Some((text, exporter))
+        }
+        None => None,
+    };
     let core = Core {
+        metrics,
         x: x.clone(),
         ledger: ledger.clone(),
         traffic: traffic.clone(),

@@ -54,6 +54,10 @@ pub struct ChaosArgs {
     /// No live view (one line a second on stderr).
     #[arg(long)]
     no_progress: bool,
+    /// Serve the live view (load, errors, p99, faults in force, failing probes) in Prometheus'
+    /// text format at http://ADDR/metrics while the experiment runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Test hook: stop at a point of the run until killed.
     #[arg(long, hide = true)]
     pause_at: Option<String>,
@@ -243,6 +247,7 @@ pub async fn chaos(a: ChaosArgs) -> Result<u8> {
         attached_state,
         keeps_leases,
         progress: !a.no_progress,
+        metrics_listen: a.metrics_listen,
         pause_at: a.pause_at.clone(),
     };
     let outcome = run_experiment(x, async move {

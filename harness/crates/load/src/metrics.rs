@@ -23,13 +23,22 @@ impl Drop for Exporter {
     }
 }
 
+/// What an exporter serves: the metrics text as of the request.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
 impl Exporter {
+    /// A load run's metrics.
     pub async fn start(
         listen: SocketAddr,
         name: String,
         lanes: Vec<Arc<Lane>>,
         asked: Option<f64>,
     ) -> std::io::Result<Exporter> {
+        Exporter::serve(listen, Arc::new(move || render(&name, &lanes, asked))).await
+    }
+
+    /// Serves whatever `render` returns (`meshtest chaos` serves its live view this way).
+    pub async fn serve(listen: SocketAddr, render: Render) -> std::io::Result<Exporter> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
@@ -38,7 +47,7 @@ impl Exporter {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 };
-                let body = render(&name, &lanes, asked);
+                let body = render();
                 tokio::spawn(async move {
                     // One request per connection; the request itself is not needed beyond its
                     // first line.
@@ -63,6 +72,23 @@ impl Exporter {
     }
 }
 
+/// One metric family in Prometheus' text format.
+pub fn family(kind: &str, metric: &str, help: &str, samples: &[String]) -> String {
+    let mut out = format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n");
+    for s in samples {
+        out.push_str(s);
+        out.push('\n');
+    }
+    out
+}
+
+/// A label value as Prometheus' text format allows it.
+pub fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn render(name: &str, lanes: &[Arc<Lane>], asked: Option<f64>) -> String {
     let (mut total, mut failed) = (0u64, 0u64);
     let mut latency = new_histogram();
@@ -72,14 +98,10 @@ fn render(name: &str, lanes: &[Arc<Lane>], asked: Option<f64>) -> String {
         failed += r.rec.failed();
         let _ = latency.add(&r.rec.latency);
     }
-    let label = format!("name=\"{}\"", name.replace(['"', '\\', '\n'], "_"));
+    let label = format!("name=\"{}\"", label_value(name));
     let mut out = String::new();
     let mut metric = |kind: &str, metric: &str, help: &str, lines: Vec<String>| {
-        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
-        for l in lines {
-            out.push_str(&l);
-            out.push('\n');
-        }
+        out.push_str(&family(kind, metric, help, &lines));
     };
     metric(
         "counter",
