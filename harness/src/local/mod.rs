@@ -4,6 +4,7 @@
 //! filesystem xDS.
 
 pub mod admin;
+mod agent_config;
 pub mod control;
 mod fault_proxy;
 mod faults;
@@ -15,16 +16,16 @@ mod proxy;
 pub mod runtime;
 pub mod state;
 pub(crate) mod xds;
+use agent_config::agent_config;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
-use clap::Parser;
+use anyhow::{Result, bail};
 
-use crate::agent::{Agent, AgentArgs, Listen, Outbound};
+use crate::agent::Agent;
 use crate::manifest::Manifests;
 use crate::model::{INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT, MeshModel, Pod, spiffe_id};
 use crate::pki::{self, MeshCa};
@@ -615,64 +616,4 @@ fn issue_gateway_credentials(model: &MeshModel, ca: &MeshCa, ports: &GatewayPort
         }
     }
     Ok(())
-}
-
-/// The agent of `pod` as its container args declare it (a stand-in when the container is not
-/// `meshtest agent`), placed behind its sidecar's sockets.
-fn agent_config(
-    model: &MeshModel,
-    pod: &Pod,
-    placement: &SidecarPlacement,
-    control: &Path,
-    jwks: &str,
-) -> Result<crate::agent::AgentConfig> {
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        args: AgentArgs,
-    }
-    // An unmodified application container gets a stand-in: the agent with no forwards, on
-    // every port the pod serves (the listeners are placed below either way).
-    let argv: &[String] = if pod.stand_in { &[] } else { &pod.args[1..] };
-    let args =
-        Wrapper::try_parse_from(std::iter::once("agent".to_string()).chain(argv.iter().cloned()))
-            .map_err(|e| anyhow!("pod {}: bad agent args: {e}", pod.name))?
-            .args;
-    let mut config = args.into_config()?;
-    // Locally the agent sits behind its sidecar's Unix sockets instead of the pod's ports.
-    config.listen = pod
-        .ports
-        .iter()
-        .map(|&port| (port, Listen::Unix(placement.app_socket(port))))
-        .collect();
-    config.control = Listen::Unix(control.to_path_buf());
-    config.outbound = Outbound::Sidecar(placement.outbound.clone());
-    config.service = pod.service.clone();
-    config.version = pod.version.clone();
-    config.pod = pod.name.clone();
-    config.namespace = pod.namespace.clone();
-    config.service_ports = model
-        .services
-        .iter()
-        .map(|s| (s.name.clone(), s.default_port().port))
-        .collect();
-    config.jwks = Some(jwks.to_string());
-    config.tcp_ports = pod
-        .ports
-        .iter()
-        .copied()
-        .filter(|&p| !model.pod_port_protocol(pod, p).is_http())
-        .collect();
-    for (i, s) in model.services.iter().enumerate() {
-        for p in &s.ports {
-            if p.protocol.is_http() {
-                continue;
-            }
-            let socket = placement.tcp_outbound_socket(i, p.port);
-            config
-                .tcp_outbound
-                .insert(format!("{}:{}", s.name, p.port), socket);
-        }
-    }
-    Ok(config)
 }
