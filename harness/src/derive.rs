@@ -141,16 +141,7 @@ fn caller_name(model: &MeshModel, pod: &Pod) -> String {
 /// exercised.
 fn probe_paths(model: &MeshModel, workload: &Workload) -> Vec<String> {
     let mut paths = vec![DEFAULT_PATH.to_string()];
-    let named = model
-        .manifests
-        .authorization_policies
-        .iter()
-        .filter(|p| {
-            workload.selected_by(
-                p.namespace(),
-                p.spec.selector.as_ref().map(|s| &s.match_labels),
-            )
-        })
+    let named = crate::translate::authorization_policy::applicable(&model.manifests, workload)
         .flat_map(|p| p.spec.rules.iter().flatten())
         .flat_map(|r| r.to.iter())
         .flat_map(|t| t.operation.paths.iter().chain(&t.operation.not_paths));

@@ -214,15 +214,19 @@ impl std::fmt::Display for CloseConnection {
 
 impl std::error::Error for CloseConnection {}
 
-pub(crate) async fn serve<F, Fut>(
+/// A connection's stream, TCP or Unix.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+pub(crate) type Conn = Box<dyn Io>;
+pub(crate) type OnConn =
+    Arc<dyn Fn(Conn) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Accepts connections on `listen` and hands each to `on_conn`, until the task set is dropped.
+pub(crate) async fn accept(
     tasks: &mut JoinSet<()>,
     listen: &Listen,
-    handler: F,
-) -> Result<()>
-where
-    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response, CloseConnection>> + Send + 'static,
-{
+    on_conn: OnConn,
+) -> Result<()> {
     macro_rules! accept_loop {
         ($listener:expr) => {{
             let listener = $listener;
@@ -234,17 +238,7 @@ where
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                         continue;
                     };
-                    let handler = handler.clone();
-                    conns.spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| handler(req));
-                        // HTTP/1.1 and h2c with prior knowledge (what a sidecar sends to an
-                        // http2 or grpc port).
-                        let _ = hyper_util::server::conn::auto::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        )
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                    });
+                    conns.spawn(on_conn(Box::new(stream)));
                     while conns.try_join_next().is_some() {}
                 }
             });
@@ -265,6 +259,30 @@ where
         }
     }
     Ok(())
+}
+
+/// Serves HTTP on `listen`: HTTP/1.1 and h2c with prior knowledge (what a sidecar sends to an
+/// http2 or grpc port).
+pub(crate) async fn serve<F, Fut>(
+    tasks: &mut JoinSet<()>,
+    listen: &Listen,
+    handler: F,
+) -> Result<()>
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, CloseConnection>> + Send + 'static,
+{
+    let on_conn: OnConn = Arc::new(move |io: Conn| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            let svc = hyper::service::service_fn(handler);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+        })
+    });
+    accept(tasks, listen, on_conn).await
 }
 
 pub(crate) fn json_response(status: u16, value: &impl Serialize) -> Response {

@@ -5,7 +5,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use anyhow::{Context as _, Result};
+use std::sync::Arc;
+
+use anyhow::Result;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -115,35 +117,7 @@ where
     F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Handled> + Send + 'static,
 {
-    macro_rules! accept_loop {
-        ($listener:expr) => {{
-            let listener = $listener;
-            tasks.spawn(async move {
-                let mut conns = JoinSet::new();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    conns.spawn(connection(stream, handler.clone()));
-                    while conns.try_join_next().is_some() {}
-                }
-            });
-        }};
-    }
-    match listen {
-        Listen::Tcp(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("agent: binding {addr}"))?;
-            accept_loop!(l);
-        }
-        Listen::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            let l = tokio::net::UnixListener::bind(path)
-                .with_context(|| format!("agent: binding {}", path.display()))?;
-            accept_loop!(l);
-        }
-    }
-    Ok(())
+    let on_conn: super::OnConn =
+        Arc::new(move |io: super::Conn| Box::pin(connection(io, handler.clone())));
+    super::accept(tasks, listen, on_conn).await
 }

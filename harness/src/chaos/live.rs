@@ -8,6 +8,19 @@ use super::observe::ProbeResult;
 use super::run::Experiment;
 use super::traffic::Traffic;
 
+/// The planned faults with an injection in force now.
+fn in_force<'a>(x: &'a Experiment, ledger: &Ledger) -> Vec<&'a super::plan::PlannedFault> {
+    let live = ledger.live();
+    x.plan
+        .faults
+        .iter()
+        .filter(|f| {
+            live.iter()
+                .any(|(id, _)| f.injections.iter().any(|(i, _)| i == id))
+        })
+        .collect()
+}
+
 pub fn line(
     x: &Experiment,
     traffic: &Traffic,
@@ -31,15 +44,8 @@ pub fn line(
         }
         None => "load starting".into(),
     };
-    let live = ledger.live();
-    let faults: Vec<String> = x
-        .plan
-        .faults
-        .iter()
-        .filter(|f| {
-            live.iter()
-                .any(|(id, _)| f.injections.iter().any(|(i, _)| i == id))
-        })
+    let faults: Vec<String> = in_force(x, ledger)
+        .into_iter()
         .map(|f| {
             let left = f.end().saturating_sub(t);
             format!("{} {} ({}s left)", f.id, f.name, left.as_secs())
@@ -117,15 +123,8 @@ pub fn metrics(
             );
         }
     }
-    let live = ledger.live();
-    let active: Vec<String> = x
-        .plan
-        .faults
-        .iter()
-        .filter(|f| {
-            live.iter()
-                .any(|(id, _)| f.injections.iter().any(|(i, _)| i == id))
-        })
+    let active: Vec<String> = in_force(x, ledger)
+        .into_iter()
         .map(|f| {
             format!(
                 "meshtest_chaos_fault_active{{{profile},fault=\"{}\",name=\"{}\"}} 1",

@@ -71,18 +71,11 @@ impl Decision {
 }
 
 pub fn decide(manifests: &Manifests, workload: &Workload, caller: &Caller, ask: &Ask) -> Decision {
-    let applicable: Vec<&Resource<AuthorizationPolicySpec>> = manifests
-        .authorization_policies
-        .iter()
-        .filter(|p| {
-            workload.selected_by(
-                p.namespace(),
-                p.spec.selector.as_ref().map(|s| &s.match_labels),
-            )
-        })
-        // A dry-run policy decides nothing (translation refuses a bad annotation value).
-        .filter(|p| !crate::translate::authorization_policy::dry_run(p).unwrap_or(false))
-        .collect();
+    let applicable: Vec<&Resource<AuthorizationPolicySpec>> =
+        crate::translate::authorization_policy::applicable(manifests, workload)
+            // A dry-run policy decides nothing (translation refuses a bad annotation value).
+            .filter(|p| !crate::translate::authorization_policy::dry_run(p).unwrap_or(false))
+            .collect();
     let name = |p: &Resource<AuthorizationPolicySpec>| format!("{}/{}", p.namespace(), p.name());
     let of = |action: AuthzAction| {
         applicable

@@ -92,16 +92,8 @@ fn rbac_configs(
     keep: impl Fn(AuthzAction, &AuthzRule) -> Option<AuthzRule>,
 ) -> Result<Vec<Value>, InputError> {
     validate(manifests)?;
-    let applicable: Vec<&Resource<AuthorizationPolicySpec>> = manifests
-        .authorization_policies
-        .iter()
-        .filter(|p| {
-            workload.selected_by(
-                p.namespace(),
-                p.spec.selector.as_ref().map(|s| &s.match_labels),
-            )
-        })
-        .collect();
+    let applicable: Vec<&Resource<AuthorizationPolicySpec>> =
+        applicable(manifests, workload).collect();
     let mut configs = Vec::new();
     // AUDIT first, as Istio orders them; it only marks requests (Envoy's LOG action).
     for (action, name) in [
@@ -148,6 +140,20 @@ fn rbac_configs(
         configs.push(config);
     }
     Ok(configs)
+}
+
+/// The AuthorizationPolicies that apply to `workload` (its namespace's, selecting it or
+/// selector-less, and the root namespace's), in manifest order.
+pub fn applicable<'a>(
+    manifests: &'a Manifests,
+    workload: &'a Workload,
+) -> impl Iterator<Item = &'a Resource<AuthorizationPolicySpec>> + 'a {
+    manifests.authorization_policies.iter().filter(|p| {
+        workload.selected_by(
+            p.namespace(),
+            p.spec.selector.as_ref().map(|s| &s.match_labels),
+        )
+    })
 }
 
 /// The `istio.io/dry-run` annotation: "true" puts the policy in shadow mode.
