@@ -4,7 +4,7 @@
 
 use cucumber::{given, then, when};
 
-use crate::conformance::steps::common::{observed, unreachable};
+use crate::conformance::steps::common::{NetworkRbac, network_rbac, observed, unreachable};
 use crate::conformance::world::{CALL_TIMEOUT, MeshWorld};
 use crate::manifest::istio::MtlsMode;
 use crate::model::{MeshModel, Pod, Workload};
@@ -158,41 +158,6 @@ fn last_target(w: &MeshWorld) -> String {
     }
 }
 
-/// Makes `call` to `to` (POD:PORT or SERVICE[:PORT]) and says whether the callee's network
-/// RBAC closed it: no HTTP answer, and its `rbac.denied` counter rose (a TCP port's refusal).
-async fn closed_by_network_rbac(w: &MeshWorld, to: &str, call: &Call) -> Option<String> {
-    let model = crate::declared::model(w.target.manifests());
-    let (name, port) = split_port(to);
-    let (pods, target_port): (Vec<String>, u16) = match model.pods.iter().find(|p| p.name == name) {
-        Some(p) => (vec![p.name.clone()], port.unwrap_or(*p.ports.first()?)),
-        None => {
-            let svc = model.service(name)?;
-            let sp = port.and_then(|p| svc.port(p)).unwrap_or(svc.default_port());
-            (
-                model.pods_of(svc).map(|p| p.name.clone()).collect(),
-                sp.target_port,
-            )
-        }
-    };
-    let stat = format!("tcp.inbound_{target_port}.rbac.denied");
-    let denied = || async {
-        let mut sum = 0;
-        for p in &pods {
-            sum += crate::target::stat(&*w.target, p, &stat).await.ok()?;
-        }
-        Some(sum)
-    };
-    let before = denied().await?;
-    let o = w.target.call(call).await.ok()?;
-    let after = denied().await?;
-    (o.status().is_none() && after > before).then(|| {
-        format!(
-            "{to}: closed without an HTTP answer and {stat} rose by {}",
-            after - before
-        )
-    })
-}
-
 /// Proves the proxy at `to` is alive: an mTLS handshake with a mesh identity and an HTTP answer
 /// (or, on a TCP port, a connection its network RBAC counted as denied).
 async fn proof_of_life(w: &MeshWorld, to: &str, refused_how: &str) -> String {
@@ -206,7 +171,7 @@ async fn proof_of_life(w: &MeshWorld, to: &str, refused_how: &str) -> String {
         Outcome::Response { status, .. } => format!(
             "the same address completed an mTLS handshake with a mesh identity and answered HTTP {status}, so a live proxy refused {refused_how}"
         ),
-        _ if let Some(closed) = closed_by_network_rbac(w, to, &call).await => format!(
+        _ if let NetworkRbac::Closed(closed) = network_rbac(w, to, &call).await => format!(
             "with a mesh identity the same address completed an mTLS handshake and its network RBAC decided ({closed}), so a live proxy refused {refused_how}"
         ),
         other => unchecked!(
@@ -299,16 +264,25 @@ async fn every_port_as_declared(w: &mut MeshWorld) {
                 o.status().unwrap_or(0)
             )),
             // A TCP port's RBAC answers plaintext it accepted by closing the connection.
-            (_, false) if let Some(closed) = closed_by_network_rbac(w, &to, &call).await => lines
-                .push(format!(
+            (_, false) => match network_rbac(w, &to, &call).await {
+                NetworkRbac::Closed(closed) => lines.push(format!(
                     "{to} {}: plaintext reached the proxy's network RBAC ({closed})",
                     mode_name(*m)
                 )),
-            (_, false) => wrong.push(format!(
-                "{to} is declared {} but refused plaintext: {}",
-                mode_name(*m),
-                o.summary()
-            )),
+                NetworkRbac::Answered(again) => lines.push(format!(
+                    "{to} {}: plaintext answered HTTP {} when repeated",
+                    mode_name(*m),
+                    again.status().unwrap_or(0)
+                )),
+                NetworkRbac::NotRbac(why) => wrong.push(format!(
+                    "{to} is declared {} but refused plaintext: {} ({why})",
+                    mode_name(*m),
+                    o.summary()
+                )),
+                NetworkRbac::Unknown(why) => {
+                    unchecked!("plaintext to {to}: {}; {why}", o.summary())
+                }
+            },
         }
     }
     promise!(wrong.is_empty(), "{}", wrong.join("\n"));
