@@ -276,37 +276,23 @@ fn canary_splits(
         .collect()
 }
 
-fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
-    let mut rows = Vec::new();
-    let mut splits = Vec::new();
-    let mut seen = BTreeSet::new();
-    let gateway_port = model
-        .manifests
-        .gateways
-        .iter()
-        .flat_map(|g| g.spec.servers.iter())
-        .find(|s| s.port.protocol == "HTTP")
-        .map(|s| s.port.number)?;
+/// The paths to call through the ingress: each plain route's own path, and the paths the
+/// gateway's policies name that the same route serves (a catch-all route is often open only
+/// at /health).
+fn ingress_probes(
+    model: &MeshModel,
+    route_of: &dyn Fn(&str) -> Option<crate::declared::DeclaredRoute>,
+) -> Vec<String> {
+    let policy_paths = probe_paths(model, &model.ingress);
+    let mut candidates = Vec::new();
     for vs in crate::declared::routes::gateway_virtual_services(model) {
-        for http in &vs.spec.http {
-            // Faults answer for the route; the fault features check them.
-            if http.fault.is_some() {
-                continue;
-            }
+        // Faults answer for their routes; the fault features check them.
+        for http in vs.spec.http.iter().filter(|h| h.fault.is_none()) {
             let matches: Vec<_> = if http.matches.is_empty() {
                 vec![None]
             } else {
                 http.matches.iter().map(Some).collect()
             };
-            let host = crate::declared::routes::ingress_host(model);
-            let route_of = |path: &str| {
-                let req = crate::declared::RouteRequest::get(path);
-                crate::declared::routes::gateway_route(model, &host, &req)
-                    .filter(|r| r.fault.is_none())
-            };
-            // The route's own path, and the paths the gateway's policies name that this route
-            // serves (a catch-all route is often open only at /health).
-            let mut candidates = Vec::new();
             for m in matches {
                 // Header, method or regex conditions need more than a path: left out.
                 if m.is_some_and(|m| !m.headers.is_empty() || m.method.is_some()) {
@@ -319,54 +305,73 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
                     continue;
                 };
                 candidates.push(path);
-                for p in probe_paths(model, &model.ingress) {
-                    if route_of(&p).is_some_and(|r| {
+                for p in &policy_paths {
+                    if route_of(p).is_some_and(|r| {
                         r.virtual_service == own.virtual_service && r.index == own.index
                     }) {
-                        candidates.push(p);
+                        candidates.push(p.clone());
                     }
                 }
-            }
-            for path in candidates {
-                // Only the route the request really takes (an earlier one may shadow it).
-                let Some(route) = route_of(&path) else {
-                    continue;
-                };
-                if !seen.insert(path.clone()) {
-                    continue;
-                }
-                let ask = Ask {
-                    port: gateway_port,
-                    path: &path,
-                    method: "GET",
-                    tcp: false,
-                    host: &host,
-                };
-                let d = decide(
-                    &model.manifests,
-                    &model.ingress,
-                    &Caller { principal: None },
-                    &ask,
-                );
-                if matches!(d, Decision::Undecidable { .. }) {
-                    continue;
-                }
-                // One sample per route is enough for its split.
-                if d.allowed() && !splits.iter().any(|r: &Vec<String>| r[0] == route.name) {
-                    splits.extend(canary_splits(model, &route, &path));
-                }
-                rows.push(vec![
-                    path,
-                    if d.allowed() {
-                        "allowed"
-                    } else {
-                        "denied by RBAC"
-                    }
-                    .to_string(),
-                    d.reason(),
-                ]);
             }
         }
+    }
+    candidates
+}
+
+fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
+    let mut rows = Vec::new();
+    let mut splits = Vec::new();
+    let mut seen = BTreeSet::new();
+    let gateway_port = model
+        .manifests
+        .gateways
+        .iter()
+        .flat_map(|g| g.spec.servers.iter())
+        .find(|s| s.port.protocol == "HTTP")
+        .map(|s| s.port.number)?;
+    let host = crate::declared::routes::ingress_host(model);
+    let route_of = |path: &str| {
+        let req = crate::declared::RouteRequest::get(path);
+        crate::declared::routes::gateway_route(model, &host, &req).filter(|r| r.fault.is_none())
+    };
+    for path in ingress_probes(model, &route_of) {
+        // Only the route the request really takes (an earlier one may shadow it).
+        let Some(route) = route_of(&path) else {
+            continue;
+        };
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let ask = Ask {
+            port: gateway_port,
+            path: &path,
+            method: "GET",
+            tcp: false,
+            host: &host,
+        };
+        let d = decide(
+            &model.manifests,
+            &model.ingress,
+            &Caller { principal: None },
+            &ask,
+        );
+        if matches!(d, Decision::Undecidable { .. }) {
+            continue;
+        }
+        // One sample per route is enough for its split.
+        if d.allowed() && !splits.iter().any(|r: &Vec<String>| r[0] == route.name) {
+            splits.extend(canary_splits(model, &route, &path));
+        }
+        rows.push(vec![
+            path,
+            if d.allowed() {
+                "allowed"
+            } else {
+                "denied by RBAC"
+            }
+            .to_string(),
+            d.reason(),
+        ]);
     }
     if rows.is_empty() {
         return None;

@@ -272,17 +272,21 @@ where
     F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response, CloseConnection>> + Send + 'static,
 {
-    let on_conn: OnConn = Arc::new(move |io: Conn| {
-        let handler = handler.clone();
-        Box::pin(async move {
-            let svc = hyper::service::service_fn(handler);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), svc)
-                    .await;
-        })
-    });
+    let on_conn: OnConn = Arc::new(move |io: Conn| Box::pin(serve_http(io, handler.clone())));
     accept(tasks, listen, on_conn).await
+}
+
+/// One connection's HTTP: HTTP/1.1, or h2c with prior knowledge.
+pub(crate) async fn serve_http<S, F, Fut>(io: S, handler: F)
+where
+    S: Io + 'static,
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(handler);
+    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 pub(crate) fn json_response(status: u16, value: &impl Serialize) -> Response {

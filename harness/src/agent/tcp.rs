@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::task::JoinSet;
 
@@ -85,11 +84,7 @@ where
             prefix: first,
             inner: stream,
         };
-        let svc = hyper::service::service_fn(handler);
-        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .serve_connection(TokioIo::new(io), svc)
-            .await;
-        return;
+        return super::serve_http(io, handler).await;
     }
     // Echo, bounded by the peer: it ends when the peer closes.
     if stream.write_all(&first).await.is_err() {

@@ -29,9 +29,8 @@ pub fn line(
     start: Instant,
 ) -> String {
     let t = start.elapsed();
-    let load = match traffic.last_complete() {
-        Some(k) => {
-            let w = traffic.window(k, k + 1, &[]);
+    let load = match traffic.last_second() {
+        Some(w) => {
             format!(
                 "{:>5} req/s  err {:>5.1}%  p99 {:>8}",
                 w.requests,
@@ -91,8 +90,7 @@ pub fn metrics(
             start.elapsed().as_secs_f64()
         )],
     );
-    if let Some(k) = traffic.last_complete() {
-        let w = traffic.window(k, k + 1, &[]);
+    if let Some(w) = traffic.last_second() {
         out += &family(
             "gauge",
             "meshtest_chaos_requests_per_second",

@@ -349,6 +349,12 @@ impl Traffic {
     }
 
     /// Requests sent in seconds `[from, to)` on `routes` (all when empty), merged.
+    /// The last complete second, if there is one yet (the live view's figures).
+    pub fn last_second(&self) -> Option<Window> {
+        let k = self.last_complete()?;
+        Some(self.window(k, k + 1, &[]))
+    }
+
     pub fn window(&self, from: u64, to: u64, routes: &[String]) -> Window {
         let secs = self.seconds.lock().expect("seconds lock");
         let mut w = Window::default();

@@ -592,6 +592,7 @@ async fn wait_applied(proxy: &Proxy, version: u64) -> Result<()> {
 /// A server certificate for each Gateway server's `credentialName` (the local stand-in for the
 /// Kubernetes TLS secret).
 fn issue_gateway_credentials(model: &MeshModel, ca: &MeshCa, ports: &GatewayPorts) -> Result<()> {
+    let ingress_host = crate::declared::routes::ingress_host(model);
     for gw in &model.manifests.gateways {
         for server in &gw.spec.servers {
             if let Some(name) = server
@@ -601,7 +602,6 @@ fn issue_gateway_credentials(model: &MeshModel, ca: &MeshCa, ports: &GatewayPort
             {
                 // The server's own hosts (the TLS name clients check), the host ingress calls
                 // send, and localhost.
-                let ingress_host = crate::declared::routes::ingress_host(model);
                 let mut names: Vec<&str> = server
                     .hosts
                     .iter()

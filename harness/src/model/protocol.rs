@@ -44,14 +44,4 @@ impl Protocol {
     pub fn h2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Http2 => "http2",
-            Protocol::Grpc => "grpc",
-            Protocol::Tcp => "tcp",
-            Protocol::Detected => "auto",
-        }
-    }
 }

@@ -29,39 +29,41 @@ pub struct LocalTarget {
     /// to the owner through its control socket.
     mesh: Option<LocalMesh>,
     control: ControlClient,
-    /// The manifests the mesh was started from, and the model they build.
-    declared: Manifests,
+    /// The model of the manifests the mesh was started from.
     model: crate::model::MeshModel,
 }
 
 impl LocalTarget {
     pub fn owning(mesh: LocalMesh, mesh_dir: &std::path::Path) -> Result<LocalTarget> {
         let state = mesh.state(mesh_dir);
-        let declared = mesh.model().manifests;
-        LocalTarget::new(state, Some(mesh), declared)
+        let model = mesh.model();
+        LocalTarget::new(state, Some(mesh), model)
     }
 
     /// Attaches to a mesh another process runs (`meshtest up`).
     pub fn attach(state: State) -> Result<LocalTarget> {
-        let declared = Manifests::load_dir(&state.mesh_dir)?;
-        LocalTarget::new(state, None, declared)
+        let model = crate::model::MeshModel::build(Manifests::load_dir(&state.mesh_dir)?)?;
+        LocalTarget::new(state, None, model)
     }
 
-    fn new(state: State, mesh: Option<LocalMesh>, declared: Manifests) -> Result<LocalTarget> {
+    fn new(
+        state: State,
+        mesh: Option<LocalMesh>,
+        model: crate::model::MeshModel,
+    ) -> Result<LocalTarget> {
         let ca_pem = std::fs::read_to_string(&state.ca)
             .with_context(|| format!("reading the mesh CA {}", state.ca.display()))?;
-        let issuer = Issuer::load(&state.issuer_key)?.named(crate::token::mesh_issuer(&declared));
+        let issuer =
+            Issuer::load(&state.issuer_key)?.named(crate::token::mesh_issuer(&model.manifests));
         let control = ControlClient {
             socket: state.control.clone(),
         };
-        let model = crate::model::MeshModel::build(declared.clone())?;
         Ok(LocalTarget {
             state,
             ca_pem,
             issuer,
             mesh,
             control,
-            declared,
             model,
         })
     }
@@ -211,7 +213,13 @@ impl Target for LocalTarget {
                 self.pod(from)?;
                 // A Service by its name (it may select pods another Service places), else the
                 // service of the pod named.
-                let service = if self.declared.services.iter().any(|s| s.name() == name) {
+                let service = if self
+                    .model
+                    .manifests
+                    .services
+                    .iter()
+                    .any(|s| s.name() == name)
+                {
                     name.to_string()
                 } else {
                     self.pod(name)?.service.clone()
@@ -321,7 +329,7 @@ impl Target for LocalTarget {
     }
 
     fn manifests(&self) -> Manifests {
-        self.declared.clone()
+        self.model.manifests.clone()
     }
 
     async fn apply(&self, manifests: Manifests) -> Result<()> {
