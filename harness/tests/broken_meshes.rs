@@ -643,7 +643,44 @@ breaks! {
         edit: |t| t.replace("response_code=~\"5..\"}[20s]", "response_code=~\"[25]..\"}[20s]"),
         feature: "observability.feature",
         slow: false,
-        scenarios: &["Request counts agree exactly with what the load generator saw, and clean traffic raises no alert"],
+        scenarios: &["Request counts and latencies agree with what the load generator saw, and clean traffic raises no alert"],
+    };
+    latency_alert_threshold_10x_low: Break {
+        what: "the latency alert pages above 100 ms, not 1 s",
+        file: "observability.yaml",
+        edit: |t| t.replace("        > 1000\n", "        > 100\n"),
+        feature: "observability.feature",
+        slow: true,
+        scenarios: &["The latency alert stays quiet at 600 ms, fires at 1.2 s, and resolves when answers are fast again"],
+    };
+    circuit_breaker_alert_on_the_wrong_flag: Break {
+        what: "the circuit-breaker alert looks for UF (connection failure), not UO (overflow)",
+        file: "observability.yaml",
+        edit: |t| t.replace("response_flags=~\".*UO.*\"}[20s]", "response_flags=~\".*UF.*\"}[20s]"),
+        feature: "observability.feature",
+        slow: true,
+        scenarios: &["The circuit-breaker alert fires when a caller's pool overflows, and resolves after"],
+    };
+    mtls_alert_counts_only_connection_errors: Break {
+        what: "the mTLS alert counts only ssl.connection_error (a certificate from another CA fails verification instead)",
+        file: "observability.yaml",
+        edit: |t| {
+            t.lines()
+                .filter(|l| !l.contains("+ sum by (pod) (rate(envoy_listener_ssl_fail_verify"))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        },
+        feature: "observability.feature",
+        slow: true,
+        scenarios: &["The mTLS alert fires when a client with another CA's certificate is refused, and resolves after"],
+    };
+    rate_limit_alert_on_503: Break {
+        what: "the rate-limit alert counts 503s, not 429s",
+        file: "observability.yaml",
+        edit: |t| t.replace("response_code=\"429\"", "response_code=\"503\""),
+        feature: "observability.feature",
+        slow: true,
+        scenarios: &["The rate-limit alert fires when a tenant is refused with 429, and resolves after"],
     };
     access_log_without_tenant: Break {
         what: "the access log format has no tenant",

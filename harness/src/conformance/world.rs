@@ -60,6 +60,9 @@ pub struct MeshWorld {
     pub in_flight: Vec<tokio::task::JoinHandle<Result<Outcome, String>>>,
     /// Moments later steps measure from ("ejected api-gateway-0 airtable-gateway-0").
     pub marks: HashMap<String, std::time::Instant>,
+    /// Per service, the delay of the fault set on every replica: requests sent under it may
+    /// end that long after it is lifted.
+    pub fault_delays: HashMap<String, Duration>,
     /// How long the last single call took.
     pub last_elapsed: Duration,
     /// When the scenario's route should cut a hung request off.
@@ -162,6 +165,7 @@ impl MeshWorld {
             started: std::time::Instant::now(),
             in_flight: vec![],
             marks: HashMap::new(),
+            fault_delays: HashMap::new(),
             last_elapsed: Duration::ZERO,
             expected_deadline: None,
             asked_load: 0,
@@ -205,6 +209,8 @@ impl MeshWorld {
             }
         };
         self.last_elapsed = started.elapsed();
+        self.marks
+            .insert("traffic".into(), std::time::Instant::now());
         self.last = Some((description, outcome));
         self.last_call = Some(call);
         &self.last.as_ref().expect("just set").1

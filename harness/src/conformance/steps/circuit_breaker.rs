@@ -243,6 +243,7 @@ async fn one_more_is_shed(w: &mut MeshWorld, from: String, svc: String) {
         Ok(o) => o,
         Err(e) => unchecked!("{e:#}"),
     };
+    w.marks.insert("traffic".into(), Instant::now());
     if let Some(why) = unreachable(&o) {
         unchecked!("{from} -> {svc}: {why}");
     }

@@ -3,6 +3,7 @@
 
 use cucumber::{given, then, when};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 
@@ -176,6 +177,23 @@ pub fn workload_call(from: &str, to: &str, path: &str) -> Call {
     let mut call = Call::new(From::Workload(from.into()), to, path);
     call.timeout = CALL_TIMEOUT;
     call
+}
+
+/// `n` calls one after another, one every `every`: a condition that lasts across several
+/// scrapes, as an incident does (a single event on a series that did not exist before is
+/// invisible to Prometheus' `rate`).
+pub async fn paced(target: Arc<dyn Target>, n: usize, every: Duration, call: Call) -> Batch {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outcomes = Vec::with_capacity(n);
+    for _ in 0..n {
+        tick.tick().await;
+        match target.call(&call).await {
+            Ok(o) => outcomes.push(o),
+            Err(e) => unchecked!("the harness could not make a call: {e:#}"),
+        }
+    }
+    Batch { asked: n, outcomes }
 }
 
 #[given("the mesh is running")]
@@ -395,6 +413,42 @@ async fn upstream_identity(w: &mut MeshWorld, spiffe: String) {
     w.evidence(format!("n=1: {desc}: the callee saw {spiffe}"));
 }
 
+#[when(
+    regex = r"^(?P<workload>\S+) sends (?P<service>\S+) (\d+) requests at (\S+), one every (\d+) ms$"
+)]
+async fn workload_sends_paced(
+    w: &mut MeshWorld,
+    from: String,
+    to: String,
+    n: usize,
+    path: String,
+    every_ms: u64,
+) {
+    let call = workload_call(&from, &to, &path);
+    let every = Duration::from_millis(every_ms);
+    w.batch = Some(paced(w.target.clone(), n, every, call).await);
+    w.marks.insert("traffic".into(), std::time::Instant::now());
+}
+
+#[then(regex = r"^at least (\d+) of those requests were answered (\d+)$")]
+async fn at_least_answered(w: &mut MeshWorld, least: usize, status: u16) {
+    let b = w.batch();
+    let answered = b
+        .outcomes
+        .iter()
+        .filter(|o| o.status() == Some(status))
+        .count();
+    promise!(
+        answered >= least,
+        "{answered} of {} requests were answered {status}, fewer than {least}",
+        b.outcomes.len()
+    );
+    w.evidence(format!(
+        "n={}: {answered} answered {status}",
+        b.outcomes.len()
+    ));
+}
+
 #[then(regex = r"^every response is (\d+)$")]
 async fn every_response_is(w: &mut MeshWorld, status: u16) {
     let line = judge_every(w.batch(), &format!("the answer is {status}"), |o| {
@@ -414,6 +468,7 @@ async fn service_fails(w: &mut MeshWorld, service: String, status: u16) {
 }
 
 #[given(regex = r"^every (?P<service>\S+) replica takes (\d+) ms to answer$")]
+#[when(regex = r"^every (?P<service>\S+) replica takes (\d+) ms to answer$")]
 async fn service_slow(w: &mut MeshWorld, service: String, ms: u64) {
     fault_every_replica(w, &service, Fault::delay_ms(ms)).await;
 }
@@ -429,9 +484,14 @@ async fn service_holds(w: &mut MeshWorld, service: String) {
 }
 
 pub async fn fault_every_replica(w: &mut MeshWorld, service: &str, fault: Fault) {
+    let delay = Duration::from_millis(fault.delay_ms.unwrap_or(0));
+    w.fault_delays.insert(service.to_string(), delay);
     for pod in pods_of(w, service) {
         set_fault(w, &pod.name, fault.clone()).await;
     }
+    // Steps judging what the fault causes (an alert) measure from here.
+    w.marks
+        .insert("condition".into(), std::time::Instant::now());
 }
 
 pub async fn set_fault(w: &mut MeshWorld, pod: &str, fault: Fault) {

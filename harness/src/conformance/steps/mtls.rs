@@ -2,6 +2,8 @@
 //! certificates refused on STRICT ports, and every refusal proven to come from a live proxy
 //! (the same address completes an mTLS handshake with a mesh identity).
 
+use std::time::Duration;
+
 use cucumber::{given, then, when};
 
 use crate::conformance::steps::common::{NetworkRbac, network_rbac, observed, unreachable};
@@ -142,13 +144,26 @@ async fn declared_for(w: &mut MeshWorld, want: String, target: String) {
 }
 
 #[when(
-    regex = r"^a client outside the mesh calls (?P<service>\S+) at (\S+) over (plaintext|TLS without a client certificate|TLS with a certificate from another CA)$"
+    regex = r"^a client outside the mesh calls (?P<service>\S+) at (\S+) over (plaintext|TLS without a client certificate|TLS with a certificate from another CA)(?: (\d+) times, one every (\d+) ms)?$"
 )]
-async fn outside_calls(w: &mut MeshWorld, to: String, path: String, how: String) {
+async fn outside_calls(
+    w: &mut MeshWorld,
+    to: String,
+    path: String,
+    how: String,
+    times: String,
+    every_ms: String,
+) {
     let mut call = Call::new(From::Outside(transport(&how)), &to, &path);
     call.timeout = CALL_TIMEOUT;
-    w.call(format!("outside ({how}) -> {to} {path}"), call)
-        .await;
+    // Repeated, the refusals last across scrapes (an alert's `rate` sees them).
+    let times: usize = times.parse().unwrap_or(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms.parse().unwrap_or(1)));
+    for _ in 0..times {
+        tick.tick().await;
+        w.call(format!("outside ({how}) -> {to} {path}"), call.clone())
+            .await;
+    }
 }
 
 fn last_target(w: &MeshWorld) -> String {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cucumber::{given, then, when};
 
-use crate::conformance::steps::common::{batch, judge_every, table, unreachable};
+use crate::conformance::steps::common::{batch, judge_every, paced, table, unreachable};
 use crate::conformance::steps::jwt::token;
 use crate::conformance::world::{CALL_TIMEOUT, MeshWorld, RateLimited};
 use crate::declared::rate_limit::{Bucket, ingress_bucket};
@@ -152,6 +152,7 @@ async fn until_limited(
             }
         }
     }
+    w.marks.insert("traffic".into(), Instant::now());
     w.rate_limited.insert(
         name,
         RateLimited {
@@ -168,6 +169,16 @@ fn drained<'a>(w: &'a MeshWorld, name: &str) -> &'a RateLimited {
         Some(r) if r.sent > 0 => r,
         _ => unchecked!("tenant {name} sent no requests"),
     }
+}
+
+#[when(
+    regex = r"^tenant (\S+) sends (\d+) requests to (\S+) through the ingress, one every (\d+) ms$"
+)]
+async fn sends_paced(w: &mut MeshWorld, name: String, n: usize, path: String, every_ms: u64) {
+    let call = tenant_call(w, &name, &path).await;
+    let every = Duration::from_millis(every_ms);
+    w.batch = Some(paced(w.target.clone(), n, every, call).await);
+    w.marks.insert("traffic".into(), Instant::now());
 }
 
 #[when(regex = r"^tenant (\S+) sends (\d+) requests to (\S+) through the ingress$")]
