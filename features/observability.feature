@@ -1,11 +1,12 @@
 @serial @observability
 Feature: Observability: the telemetry agrees with the truth, and the alerts fire when they should
-  The seed promises Prometheus metrics, alerts on error rates above 5%, and access logs with
-  business context. A real Prometheus (started with the mesh for these scenarios) scrapes every
-  proxy each second and evaluates the mesh's PrometheusRule; the steps compare what it and the
-  proxies' access logs say with what the load generator sent and got back. The alerts' `for:`
-  windows and ranges come from the PrometheusRule; the thresholds (5% errors, p99 1 s) are the
-  seed's promise. The @slow scenario induces the errors on either side of 5% (`--slow`).
+  The seed promises Prometheus metrics, alerts on error rates above 5%, access logs with
+  business context, and distributed tracing. A real Prometheus (started with the mesh for
+  these scenarios) scrapes every proxy each second and evaluates the mesh's PrometheusRule;
+  the steps compare what it, the proxies' access logs and the span collector say with what the
+  load generator sent and got back. The alerts' `for:` windows and ranges come from the
+  PrometheusRule; the thresholds (5% errors, p99 1 s) are the seed's promise. The @slow
+  scenarios induce each alert's condition, about a minute each (`--slow`).
 
   Background:
     Given the mesh is running
@@ -88,3 +89,7 @@ Feature: Observability: the telemetry agrees with the truth, and the alerts fire
   Scenario: Every proxy on a request's path logs it with the tenant, the route and the request id
     When tenant auditor sends a request through the ingress to /api/v1/airtable/bases
     Then every proxy on its path logs it with tenant auditor, a route and its request id
+
+  Scenario: A request keeps one trace id from the ingress to its backend, with a new span at each hop
+    When tenant tracer sends a request through the ingress to /api/v1/airtable/bases
+    Then the request keeps one trace id from the ingress to its backend, with a new span at each hop

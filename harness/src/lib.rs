@@ -20,3 +20,4 @@ pub mod target;
 pub mod tls;
 pub mod token;
 pub mod translate;
+pub mod zipkin;

@@ -682,6 +682,14 @@ breaks! {
         slow: true,
         scenarios: &["The rate-limit alert fires when a tenant is refused with 429, and resolves after"],
     };
+    tracing_samples_nothing: Break {
+        what: "the mesh's Telemetry samples 0% of requests for tracing",
+        file: "observability.yaml",
+        edit: |t| t.replace("randomSamplingPercentage: 100", "randomSamplingPercentage: 0"),
+        feature: "observability.feature",
+        slow: false,
+        scenarios: &["A request keeps one trace id from the ingress to its backend, with a new span at each hop"],
+    };
     access_log_without_tenant: Break {
         what: "the access log format has no tenant",
         file: "observability.yaml",

@@ -121,6 +121,9 @@ pub async fn up(a: UpArgs) -> Result<u8> {
             "meshtest: Prometheus {url} (every proxy scraped each second, the mesh's PrometheusRules loaded)"
         );
     }
+    if let Some(url) = &state.tracing {
+        println!("meshtest: spans collected at {url} (Zipkin v2 API: GET /api/v2/trace/ID)");
+    }
     let stand_ins: Vec<&str> = state
         .pods
         .iter()
@@ -213,6 +216,9 @@ pub async fn status(_: StateArgs) -> Result<u8> {
     );
     if let Some(url) = &state.prometheus {
         println!("prometheus {url}");
+    }
+    if let Some(url) = &state.tracing {
+        println!("tracing {url}");
     }
     let mut healthy = true;
     let mut rows = vec![(

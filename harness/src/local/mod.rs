@@ -87,6 +87,8 @@ impl LocalPod {
 pub struct LocalMesh {
     /// Prometheus beside the mesh (`observe`).
     prometheus: Option<crate::prometheus::Prometheus>,
+    /// The span collector, when the mesh's Telemetry turns tracing on.
+    collector: Option<crate::zipkin::Collector>,
     /// The manifests last applied (chaos faults are overlaid on them, never written into them).
     declared: Mutex<Manifests>,
     /// The model of what the proxies run now (declared + faults).
@@ -162,6 +164,12 @@ impl LocalMesh {
         let block = Block::claim()?;
         let run = RunDir::create(&block)?;
         xds::serve(&thread, &run.path).await?;
+        let collector_addr = crate::translate::telemetry::traces(&model.manifests)
+            .then(|| SocketAddr::new(IpAddr::V4(block.ingress_ip()), crate::zipkin::ZIPKIN_PORT));
+        let collector = match collector_addr {
+            Some(at) => Some(crate::zipkin::Collector::start(&thread, at).await?),
+            None => None,
+        };
         let certs_dir = run.path.join("certs");
         let ca = MeshCa::generate("meshtest mesh root")?;
         let issuer = Issuer::generate()?;
@@ -225,6 +233,7 @@ impl LocalMesh {
                 cluster: &cluster,
                 dir: &dir,
                 stats: SocketAddr::new(placement.ip, STATS_PORT),
+                collector: collector_addr,
             };
             let proxy = Proxy::spawn(&thread, &envoy, &id, config).await?;
             pods.push(LocalPod {
@@ -251,6 +260,7 @@ impl LocalMesh {
             cluster: "istio-ingressgateway.istio-system",
             dir: &ingress_dir,
             stats: SocketAddr::new(IpAddr::V4(block.ingress_ip()), STATS_PORT),
+            collector: collector_addr,
         };
         let ingress = Proxy::spawn(&thread, &envoy, &id, ingress_config).await?;
         let watched = pods
@@ -283,6 +293,7 @@ impl LocalMesh {
         };
         let mesh = LocalMesh {
             prometheus,
+            collector,
             declared: Mutex::new(model.manifests.clone()),
             model: Mutex::new(model),
             board: Mutex::new(faults::Board::default()),
@@ -520,6 +531,7 @@ impl LocalMesh {
             issuer_key: self.issuer_key.clone(),
             control: self.run.path.join(control::CONTROL_SOCKET),
             prometheus: self.prometheus.as_ref().map(|p| p.url.clone()),
+            tracing: self.collector.as_ref().map(|c| c.url.clone()),
             ingress: IngressState {
                 http: port_of("HTTP"),
                 https: port_of("HTTPS"),

@@ -33,6 +33,8 @@ pub(crate) struct ProxyId<'a> {
     pub dir: &'a Path,
     /// Where its metrics listener binds (the pod address, Istio's port 15090).
     pub stats: std::net::SocketAddr,
+    /// The span collector, when the mesh traces.
+    pub collector: Option<std::net::SocketAddr>,
 }
 
 /// One running proxy.
@@ -62,6 +64,7 @@ impl Proxy {
             cluster,
             dir,
             stats,
+            collector,
         } = *id;
         write_xds(dir, &config, 1)?;
         let admin = dir.join(ADMIN_SOCKET);
@@ -75,7 +78,7 @@ impl Proxy {
         };
         std::fs::write(
             dir.join("bootstrap.json"),
-            serde_json::to_vec_pretty(&bootstrap(node, cluster, &admin, &xds, stats))?,
+            serde_json::to_vec_pretty(&bootstrap(node, cluster, &admin, &xds, stats, collector))?,
         )
         .context("writing bootstrap")?;
         let child = start(thread, envoy, name, dir).await?;

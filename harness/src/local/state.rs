@@ -23,6 +23,9 @@ pub struct State {
     /// Prometheus' URL when the mesh runs with it (`up --observe`).
     #[serde(default)]
     pub prometheus: Option<String>,
+    /// The span collector's Zipkin API (when the mesh traces).
+    #[serde(default)]
+    pub tracing: Option<String>,
     pub ingress: IngressState,
     pub pods: Vec<PodState>,
 }

@@ -55,8 +55,8 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "Telemetry, IstioOperator meshConfig",
-        "accessLogging providers, extensionProviders envoyFileAccessLog (JSON format)",
-        "tracing, metrics overrides",
+        "accessLogging providers, tracing providers + randomSamplingPercentage, extensionProviders envoyFileAccessLog (JSON format) and zipkin",
+        "metrics overrides, tracing customTags/match/disableSpanReporting, other tracing providers",
     ),
     (
         "PrometheusRule",

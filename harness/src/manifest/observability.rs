@@ -66,7 +66,7 @@ pub fn rule_line(r: &super::Resource<PrometheusRuleSpec>, name: &str) -> u64 {
 
 // ---- telemetry.istio.io ----
 
-/// Istio's Telemetry: access logging is translated; tracing and metrics overrides are not yet
+/// Istio's Telemetry: access logging and tracing are translated; metrics overrides are not yet
 /// (they are refused as unknown fields rather than silently dropped).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -75,6 +75,19 @@ pub struct TelemetrySpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(default)]
     pub access_logging: Vec<AccessLogging>,
+    #[serde(default)]
+    pub tracing: Vec<Tracing>,
+}
+
+/// A tracing entry: which provider reports spans, and the share of requests sampled.
+/// (`disableSpanReporting`, `customTags` and `match` are refused as unknown fields.)
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tracing {
+    #[serde(default)]
+    pub providers: Vec<ProviderRef>,
+    #[serde(default)]
+    pub random_sampling_percentage: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -117,6 +130,8 @@ pub struct MeshConfig {
 pub struct DefaultProviders {
     #[serde(default)]
     pub access_logging: Vec<String>,
+    #[serde(default)]
+    pub tracing: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -125,6 +140,18 @@ pub struct ExtensionProvider {
     pub name: String,
     #[serde(default)]
     pub envoy_file_access_log: Option<FileAccessLog>,
+    #[serde(default)]
+    pub zipkin: Option<ZipkinProvider>,
+}
+
+/// A Zipkin collector (`service` a cluster hostname, as istiod resolves it).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZipkinProvider {
+    pub service: String,
+    pub port: u16,
+    #[serde(default)]
+    pub max_tag_length: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

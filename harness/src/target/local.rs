@@ -312,6 +312,10 @@ impl Target for LocalTarget {
         self.state.prometheus.clone()
     }
 
+    fn tracing_url(&self) -> Option<String> {
+        self.state.tracing.clone()
+    }
+
     async fn proxy_log(&self, proxy: &str) -> Result<String> {
         // The proxy's log sits beside its admin socket in its private directory.
         let admin = self.admin(proxy)?;

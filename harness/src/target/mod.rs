@@ -177,6 +177,11 @@ pub trait Target: Send + Sync {
         None
     }
 
+    /// The Zipkin-compatible API that holds this mesh's spans (http://HOST:PORT), if any.
+    fn tracing_url(&self) -> Option<String> {
+        None
+    }
+
     /// A proxy's container log (Envoy's stdout and stderr, so its access log lines): `proxy`
     /// is a pod name, or "istio-ingressgateway".
     async fn proxy_log(&self, proxy: &str) -> Result<String>;

@@ -21,6 +21,10 @@ pub struct XdsSource<'a> {
 
 const XDS_CLUSTER: &str = "xds_rest";
 
+/// The static cluster a proxy reports spans to (Envoy's Zipkin tracer wants its collector
+/// cluster at start-up, so it is in the bootstrap, as Istio's bootstrap had it).
+pub const ZIPKIN_CLUSTER: &str = "zipkin";
+
 /// LDS and CDS come over REST from `xds` (long polls: the server holds a request until the
 /// config changes). The admin API listens on the Unix socket `admin` (mode 0600, in the
 /// private run directory), never on TCP; `stats` (the pod address at [`STATS_PORT`]) serves
@@ -32,6 +36,7 @@ pub fn bootstrap(
     admin: &Path,
     xds: &XdsSource,
     stats: SocketAddr,
+    collector: Option<SocketAddr>,
 ) -> Value {
     let source = json!({
         "resource_api_version": "V3",
@@ -50,6 +55,14 @@ pub fn bootstrap(
         "connect_timeout": "1s",
         "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": xds.socket}}}}]}]},
     }));
+    if let Some(at) = collector {
+        statics["clusters"].as_array_mut().expect("clusters").push(json!({
+            "name": ZIPKIN_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": ZIPKIN_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": at.ip().to_string(), "port_value": at.port()}}}}]}]},
+        }));
+    }
     json!({
         "node": {"id": node_id, "cluster": cluster, "metadata": {"xds_dir": xds.dir}},
         "admin": {"address": {"pipe": {"path": admin, "mode": 0o600}}},
@@ -63,6 +76,8 @@ pub fn bootstrap(
             },
         }]},
         "layered_runtime": {"layers": [
+            // Spans reach the collector within a second (Envoy's default batch waits 5 s).
+            {"name": "static", "static_layer": {"tracing.zipkin.flush_interval_ms": 1000}},
             // Chaos and tests flip runtime keys (e.g. fault percentages) through /runtime_modify.
             {"name": "admin", "admin_layer": {}},
         ]},

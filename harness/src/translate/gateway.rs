@@ -40,7 +40,8 @@ pub fn listeners(
 ) -> Result<Vec<Value>, InputError> {
     let mut listeners = Vec::new();
     let mut seen_ports = Vec::new();
-    let access_log = telemetry::access_logs(model, workload, &Reporter::Source { pod: None })?;
+    let telemetry =
+        telemetry::for_connection_manager(model, workload, &Reporter::Source { pod: None })?;
     for gw in gateways_for(model, workload) {
         let hosts = virtual_service::gateway_virtual_hosts(model, gw.name(), gw.namespace())?;
         for (i, server) in gw.spec.servers.iter().enumerate() {
@@ -61,7 +62,7 @@ pub fn listeners(
                 route_config,
                 http_filters.to_vec(),
                 "SANITIZE_SET",
-                access_log.clone(),
+                &telemetry,
             );
             let mut chain = json!({"filters": [hcm]});
             match (server.port.protocol.as_str(), &server.tls) {

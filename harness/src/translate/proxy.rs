@@ -14,7 +14,7 @@ use super::gateway::{self, GatewayPlacement};
 use super::peer_authentication::{self, ISTIO_ALPNS};
 use super::route_actions;
 use super::tcp;
-use super::telemetry::{self, Reporter};
+use super::telemetry::{self, ConnectionManagerTelemetry, Reporter};
 use super::virtual_service::{self, FAULT_FILTER};
 use super::{
     CertFiles, Endpoints, EnvoyConfig, authorization_policy, destination_rule,
@@ -59,7 +59,7 @@ pub fn http_connection_manager(
     route_config: Value,
     http_filters: Vec<Value>,
     xfcc: &str,
-    access_log: Vec<Value>,
+    telemetry: &ConnectionManagerTelemetry,
 ) -> Value {
     let mut hcm = json!({
         "@type": HCM_TYPE,
@@ -68,8 +68,11 @@ pub fn http_connection_manager(
         "route_config": route_config,
         "http_filters": http_filters,
         "forward_client_cert_details": xfcc,
-        "access_log": access_log,
+        "access_log": telemetry.access_log,
     });
+    if let Some(tracing) = &telemetry.tracing {
+        hcm["tracing"] = tracing.clone();
+    }
     if xfcc == "APPEND_FORWARD" {
         hcm["set_current_client_cert_details"] = json!({"subject": true, "uri": true, "dns": true});
     }
@@ -128,9 +131,10 @@ pub fn sidecar(
     peer_authentication::validate(&model.manifests)?;
     let workload = Workload::of(pod);
     let inbound_filters = http_filters(model, &workload, Context::SidecarInbound, vec![])?;
-    let inbound_logs = telemetry::access_logs(model, &workload, &Reporter::Destination { pod })?;
-    let outbound_logs =
-        telemetry::access_logs(model, &workload, &Reporter::Source { pod: Some(pod) })?;
+    let inbound_telemetry =
+        telemetry::for_connection_manager(model, &workload, &Reporter::Destination { pod })?;
+    let outbound_telemetry =
+        telemetry::for_connection_manager(model, &workload, &Reporter::Source { pod: Some(pod) })?;
     let mut listeners = Vec::new();
     let mut clusters = destination_rule::outbound_clusters(model, &placement.certs, endpoints)?;
     for &port in &pod.ports {
@@ -138,7 +142,7 @@ pub fn sidecar(
         let filters = if model.pod_port_protocol(pod, port).is_http() {
             InboundFilters::Http {
                 filters: &inbound_filters,
-                access_log: &inbound_logs,
+                telemetry: &inbound_telemetry,
             }
         } else {
             InboundFilters::Tcp(tcp::inbound_filters(model, &workload, port)?)
@@ -166,7 +170,8 @@ pub fn sidecar(
     listeners.push(json!({
         "name": "virtualOutbound",
         "address": pipe_address(&placement.outbound),
-        "filter_chains": [{"filters": [http_connection_manager("outbound_0.0.0.0", outbound_routes, outbound_filters, "SANITIZE_SET", outbound_logs)]}],
+        "traffic_direction": "OUTBOUND",
+        "filter_chains": [{"filters": [http_connection_manager("outbound_0.0.0.0", outbound_routes, outbound_filters, "SANITIZE_SET", &outbound_telemetry)]}],
     }));
     listeners.extend(tcp::outbound_listeners(model, placement));
     Ok(EnvoyConfig {
@@ -180,7 +185,7 @@ pub fn sidecar(
 enum InboundFilters<'a> {
     Http {
         filters: &'a [Value],
-        access_log: &'a [Value],
+        telemetry: &'a ConnectionManagerTelemetry,
     },
     Tcp(Vec<Value>),
 }
@@ -200,15 +205,12 @@ fn inbound_listener(
     });
     let stat = format!("inbound_0.0.0.0_{port}");
     let hcm = || match filters {
-        InboundFilters::Http {
-            filters,
-            access_log,
-        } => vec![http_connection_manager(
+        InboundFilters::Http { filters, telemetry } => vec![http_connection_manager(
             &stat,
             routes.clone(),
             filters.to_vec(),
             "APPEND_FORWARD",
-            access_log.to_vec(),
+            telemetry,
         )],
         InboundFilters::Tcp(network) => network.clone(),
     };
@@ -248,6 +250,8 @@ fn inbound_listener(
     json!({
         "name": format!("virtualInbound_{port}"),
         "address": socket_address(SocketAddr::new(placement.ip, port)),
+        // As Istio marks them: the inbound span is the server's, the outbound the client's.
+        "traffic_direction": "INBOUND",
         "listener_filters": [{"name": "envoy.filters.listener.tls_inspector",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}],
         "filter_chains": filter_chains,

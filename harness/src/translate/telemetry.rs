@@ -12,7 +12,11 @@
 use serde_json::{Value, json};
 
 use crate::error::InputError;
-use crate::manifest::observability::{ExtensionProvider, LogFormat};
+use crate::manifest::Resource;
+use crate::manifest::observability::{ExtensionProvider, LogFormat, TelemetrySpec};
+use crate::translate::bootstrap::ZIPKIN_CLUSTER;
+
+type Telemetry = Resource<TelemetrySpec>;
 use crate::model::{
     INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT, MeshModel, Pod, Workload, spiffe_id,
 };
@@ -134,25 +138,33 @@ fn stats_logger(model: &MeshModel, reporter: &Reporter) -> Value {
     })
 }
 
-/// The access log providers in force for `workload`: the most specific Telemetry (workload
-/// selector, then its namespace, then the root namespace) that declares access logging, else
-/// the mesh config's default providers.
-fn access_log_providers(model: &MeshModel, workload: &Workload) -> Vec<String> {
+/// The most specific Telemetry for `workload` that `declares` something (workload selector,
+/// then its namespace, then the root namespace), as istiod picks one per feature.
+fn most_specific<'a>(
+    model: &'a MeshModel,
+    workload: &Workload,
+    declares: &dyn Fn(&TelemetrySpec) -> bool,
+) -> Option<&'a Telemetry> {
     let m = &model.manifests;
     let applicable = |specific: bool| {
         m.telemetries.iter().filter(move |t| {
             let selected = t.spec.selector.as_ref().map(|s| &s.match_labels);
             workload.selected_by(t.namespace(), selected)
                 && (t.spec.selector.is_some() == specific)
-                && !t.spec.access_logging.is_empty()
+                && declares(&t.spec)
         })
     };
-    let chosen = applicable(true).next().or_else(|| {
+    applicable(true).next().or_else(|| {
         applicable(false)
             .find(|t| t.namespace() == workload.namespace)
             .or_else(|| applicable(false).next())
-    });
-    let Some(t) = chosen else {
+    })
+}
+
+/// The access log providers in force for `workload`: its most specific Telemetry that
+/// declares access logging, else the mesh config's default providers.
+fn access_log_providers(model: &MeshModel, workload: &Workload) -> Vec<String> {
+    let Some(t) = most_specific(model, workload, &|s| !s.access_logging.is_empty()) else {
         return default_providers(model);
     };
     let mut names = Vec::new();
@@ -170,6 +182,123 @@ fn access_log_providers(model: &MeshModel, workload: &Workload) -> Vec<String> {
         }
     }
     names
+}
+
+/// Istio's sampling when neither Telemetry nor the proxy config sets one: 1% of requests.
+const DEFAULT_SAMPLING: f64 = 1.0;
+
+fn default_tracing_providers(model: &MeshModel) -> Vec<String> {
+    model
+        .manifests
+        .istio_operators
+        .iter()
+        .filter_map(|o| o.spec.mesh_config.default_providers.as_ref())
+        .flat_map(|d| d.tracing.clone())
+        .collect()
+}
+
+/// The HTTP connection manager's `tracing` for `workload`: the provider and the sampling its
+/// most specific Telemetry (or the mesh's default tracing providers) choose; None when nothing
+/// traces it. Envoy has one tracer per connection manager, so one provider is translated.
+pub fn tracing(model: &MeshModel, workload: &Workload) -> Result<Option<Value>, InputError> {
+    let chosen = most_specific(model, workload, &|s| !s.tracing.is_empty());
+    let (names, sampling) = match chosen {
+        Some(t) => {
+            let entry = &t.spec.tracing[0];
+            let names = if entry.providers.is_empty() {
+                default_tracing_providers(model)
+            } else {
+                entry.providers.iter().map(|p| p.name.clone()).collect()
+            };
+            (names, entry.random_sampling_percentage)
+        }
+        None => (default_tracing_providers(model), None),
+    };
+    let refuse = |field: &str, message: String| match chosen {
+        Some(t) => t.origin.error(field, message),
+        None => InputError::new(&model.manifests.dir, message),
+    };
+    let Some(name) = names.first() else {
+        return Ok(None);
+    };
+    if names.len() > 1 {
+        return Err(refuse(
+            "spec.tracing.providers",
+            format!(
+                "{} tracing providers for one workload: Envoy reports spans to one",
+                names.len()
+            ),
+        ));
+    }
+    let sampling = sampling.unwrap_or(DEFAULT_SAMPLING);
+    if !(0.0..=100.0).contains(&sampling) {
+        return Err(refuse(
+            "spec.tracing.randomSamplingPercentage",
+            format!("{sampling} is not a percentage (0-100)"),
+        ));
+    }
+    let Some((p, origin)) = provider(model, name) else {
+        return Err(refuse(
+            "spec.tracing.providers",
+            format!(
+                "tracing provider `{name}` is not declared in an IstioOperator's meshConfig.extensionProviders"
+            ),
+        ));
+    };
+    let Some(zipkin) = &p.zipkin else {
+        return Err(origin.error(
+            "spec.meshConfig.extensionProviders",
+            format!("provider `{name}`: only zipkin tracing providers are translated"),
+        ));
+    };
+    Ok(Some(json!({
+        "random_sampling": {"value": sampling},
+        "max_path_tag_length": zipkin.max_tag_length.unwrap_or(256),
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": ZIPKIN_CLUSTER,
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+                "collector_hostname": format!("{}:{}", zipkin.service, zipkin.port),
+                "trace_id_128bit": true,
+                "shared_span_context": false,
+            },
+        },
+    })))
+}
+
+/// Whether any proxy of the mesh may report spans (the embedded mesh then runs a collector).
+pub fn traces(manifests: &crate::manifest::Manifests) -> bool {
+    let defaults = manifests
+        .istio_operators
+        .iter()
+        .filter_map(|o| o.spec.mesh_config.default_providers.as_ref())
+        .any(|d| !d.tracing.is_empty());
+    defaults
+        || manifests
+            .telemetries
+            .iter()
+            .any(|t| !t.spec.tracing.is_empty())
+}
+
+/// What an HTTP connection manager reports: its access logs (metrics included) and spans.
+pub struct ConnectionManagerTelemetry {
+    pub access_log: Vec<Value>,
+    pub tracing: Option<Value>,
+}
+
+/// The telemetry of `workload`'s connection managers reporting as `reporter`.
+pub fn for_connection_manager(
+    model: &MeshModel,
+    workload: &Workload,
+    reporter: &Reporter,
+) -> Result<ConnectionManagerTelemetry, InputError> {
+    Ok(ConnectionManagerTelemetry {
+        access_log: access_logs(model, workload, reporter)?,
+        tracing: tracing(model, workload)?,
+    })
 }
 
 fn default_providers(model: &MeshModel) -> Vec<String> {
@@ -359,17 +488,65 @@ mod tests {
         assert!(e.to_string().contains("/var/log/x.log"), "{e}");
     }
 
-    #[test]
-    fn telemetry_tracing_is_refused_not_dropped() {
+    const ZIPKIN: &str = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: io, namespace: istio-system}\nspec:\n  meshConfig:\n    extensionProviders:\n    - name: jaeger\n      zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n    - name: json\n      envoyFileAccessLog: {path: /dev/stdout}\n---\n";
+
+    fn tracing_of(telemetry: &str) -> Result<Option<Value>, InputError> {
         let mut m = crate::manifest::Manifests::default();
-        let e = m
-            .add_text(
-                std::path::Path::new("t.yaml"),
-                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  tracing:\n  - randomSamplingPercentage: 10\n",
-            )
-            .unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("tracing"));
-        assert_eq!(e.line, Some(5));
+        m.add_text(
+            std::path::Path::new("t.yaml"),
+            &format!("{ZIPKIN}apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: istio-system}}\nspec:\n{telemetry}"),
+        )?;
+        let base = model_of("");
+        let mut manifests = base.manifests.clone();
+        manifests.istio_operators = m.istio_operators;
+        manifests.telemetries = m.telemetries;
+        let model = MeshModel::build(manifests).unwrap();
+        tracing(&model, &Workload::of(&model.pods[0]))
+    }
+
+    #[test]
+    fn telemetry_tracing_becomes_envoys_zipkin_tracer_with_its_sampling() {
+        let t = tracing_of(
+            "  tracing:\n  - providers: [{name: jaeger}]\n    randomSamplingPercentage: 25\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t["random_sampling"]["value"], 25.0);
+        let z = &t["provider"]["typed_config"];
+        assert_eq!(z["collector_cluster"], ZIPKIN_CLUSTER);
+        assert_eq!(z["collector_endpoint_version"], "HTTP_JSON");
+        assert_eq!(
+            z["collector_hostname"],
+            "zipkin.istio-system.svc.cluster.local:9411"
+        );
+        assert_eq!(z["shared_span_context"], false);
+        // Istio's default when no percentage is set: 1%.
+        let t = tracing_of("  tracing:\n  - providers: [{name: jaeger}]\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t["random_sampling"]["value"], 1.0);
+        assert_eq!(
+            tracing_of("  accessLogging: [{providers: [{name: json}]}]\n").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn tracing_to_an_unknown_or_non_zipkin_provider_or_past_100_percent_is_refused() {
+        let e = tracing_of("  tracing:\n  - providers: [{name: nope}]\n").unwrap_err();
+        assert!(e.message.contains("`nope` is not declared"), "{e}");
+        let e = tracing_of("  tracing:\n  - providers: [{name: json}]\n").unwrap_err();
+        assert!(e.message.contains("only zipkin"), "{e}");
+        let e = tracing_of(
+            "  tracing:\n  - providers: [{name: jaeger}]\n    randomSamplingPercentage: 150\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("spec.tracing.randomSamplingPercentage")
+        );
+        let e = tracing_of("  tracing:\n  - customTags: {a: {literal: {value: b}}}\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("customTags"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod alerts;
 mod counts;
 mod induced;
 mod latency_histogram;
+mod tracing;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
