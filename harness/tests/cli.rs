@@ -75,8 +75,26 @@ fn a_prometheus_rule_prometheus_refuses_exits_2_naming_the_resource() {
     let out = expect(cwd.path(), &args, 2);
     let err = stderr(&out);
     assert!(
-        err.contains("observability.yaml:36: field `spec.groups`")
+        err.contains("observability.yaml:37: field `spec.groups`")
             && err.contains("Prometheus refuses"),
+        "{}",
+        explain(cwd.path(), &args, &out)
+    );
+}
+
+#[test]
+fn a_resource_its_crd_refuses_exits_2_as_the_api_server_would() {
+    let mesh = mesh_copy(only("traffic.yaml", |text| {
+        text.replacen("weight: 90", "weight: \"ninety\"", 1)
+    }));
+    let cwd = tempfile::tempdir().unwrap();
+    let args = ["up", "--mesh", mesh.path().to_str().unwrap()];
+    let out = expect(cwd.path(), &args, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("traffic.yaml:")
+            && err.contains("weight")
+            && err.contains("must be of type integer"),
         "{}",
         explain(cwd.path(), &args, &out)
     );

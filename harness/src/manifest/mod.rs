@@ -10,6 +10,7 @@ pub mod gateway_api;
 pub mod istio;
 pub mod kube;
 pub mod observability;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -214,6 +215,8 @@ impl Manifests {
             return Err(origin.error("metadata.name", format!("{kind} has no name")));
         }
         let name = header.metadata.map(|m| m.name).unwrap_or_default();
+        // As the API server would: a resource its CRD refuses never reaches translation.
+        schema::validate(origin, &api, &kind, doc)?;
         let group = api.split('/').next().unwrap_or("");
         if IGNORED_KINDS.contains(&kind.as_str()) {
             self.ignored.push(Ignored {
