@@ -100,6 +100,49 @@ fn a_resource_its_crd_refuses_exits_2_as_the_api_server_would() {
     );
 }
 
+/// `meshtest ARGS` with KUBECONFIG and HOME as given (nothing of the machine's own).
+fn meshtest_kube(cwd: &Path, args: &[&str], kubeconfig: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshtest"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("HOME", cwd)
+        .env_remove("KUBECONFIG")
+        .env_remove("MESHTEST_ALLOW_CONTEXT")
+        .env_remove("RUST_BACKTRACE");
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
+    support::output_within(&mut cmd, support::COMMAND_DEADLINE)
+}
+
+#[test]
+fn the_kube_target_without_a_kubeconfig_or_with_a_production_context_exits_2() {
+    let cwd = tempfile::tempdir().unwrap();
+    let args = ["run", "--target", "kube"];
+    let out = meshtest_kube(cwd.path(), &args, None);
+    let why = explain(cwd.path(), &args, &out);
+    assert_eq!(out.status.code(), Some(2), "{why}");
+    assert!(
+        stderr(&out).contains(".kube/config") && stderr(&out).contains("kubeconfig"),
+        "{why}"
+    );
+
+    let config = cwd.path().join("config");
+    std::fs::write(&config, "apiVersion: v1\nkind: Config\ncurrent-context: prod-eu-1\ncontexts:\n- name: prod-eu-1\n  context: {cluster: prod, user: admin}\nclusters:\n- name: prod\n  cluster: {server: 'https://prod.example:6443'}\n").unwrap();
+    for args in [
+        vec!["run", "--target", "kube"],
+        vec!["chaos", "--profile", "bad-canary", "--target", "kube"],
+    ] {
+        let out = meshtest_kube(cwd.path(), &args, Some(&config));
+        let why = explain(cwd.path(), &args, &out);
+        assert_eq!(out.status.code(), Some(2), "{why}");
+        assert!(
+            stderr(&out).contains("refusing context `prod-eu-1`"),
+            "{why}"
+        );
+    }
+}
+
 #[test]
 fn malformed_yaml_exits_2_with_file_and_line() {
     let mesh = mesh_copy(only("traffic.yaml", |text| {

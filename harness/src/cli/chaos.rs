@@ -34,6 +34,8 @@ pub struct ChaosArgs {
     /// Which mesh: local (embedded) or kube.
     #[arg(long, env = "MESHTEST_TARGET", default_value = "local")]
     target: String,
+    #[command(flatten)]
+    kube: crate::target::kube::KubeFlags,
     /// Seed for the random choice of pods (printed by every run; the same seed picks the same).
     #[arg(long)]
     seed: Option<u64>,
@@ -95,23 +97,7 @@ pub async fn chaos(a: ChaosArgs) -> Result<u8> {
         )
         .into());
     };
-    match a.target.as_str() {
-        "local" => {}
-        "kube" => {
-            return Err(InputError::new(
-                "--target",
-                "the kube target is not part of this build yet; use --target local",
-            )
-            .into());
-        }
-        other => {
-            return Err(InputError::new(
-                "--target",
-                format!("unknown target `{other}` (local or kube)"),
-            )
-            .into());
-        }
-    }
+    super::check_target(&a.target, &a.kube)?;
     let lease = match &a.lease {
         Some(text) => {
             Some(meshtest_load::duration::parse(text).map_err(|e| InputError::new("--lease", e))?)

@@ -137,3 +137,29 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// `--target`: local runs; kube is checked as far as it is built (the kubeconfig, and the
+/// context the run may touch) and then refused, all before anything starts.
+fn check_target(
+    target: &str,
+    kube: &crate::target::kube::KubeFlags,
+) -> Result<(), crate::error::InputError> {
+    use crate::error::InputError;
+    match target {
+        "local" => Ok(()),
+        "kube" => {
+            let c = crate::target::kube::choose(kube)?;
+            Err(InputError::new(
+                "--target",
+                format!(
+                    "context `{}` ({}) would be used, but the kube target's deploy, calls and faults are not built yet; use --target local",
+                    c.context, c.server
+                ),
+            ))
+        }
+        other => Err(InputError::new(
+            "--target",
+            format!("unknown target `{other}` (local or kube)"),
+        )),
+    }
+}

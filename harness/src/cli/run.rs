@@ -37,6 +37,8 @@ pub struct RunArgs {
     /// Which mesh to test: local (the embedded mesh) or kube.
     #[arg(long, env = "MESHTEST_TARGET", default_value = "local")]
     target: String,
+    #[command(flatten)]
+    kube: crate::target::kube::KubeFlags,
     /// Scenarios run at once (@serial ones always run alone).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -52,17 +54,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         a.features
     };
     // Bad input is reported before any mesh starts.
-    match a.target.as_str() {
-        "local" => {}
-        "kube" => {
-            let msg = "the kube target is not part of this build yet; use --target local";
-            return Err(InputError::new("--target", msg).into());
-        }
-        other => {
-            let msg = format!("unknown target `{other}` (local or kube)");
-            return Err(InputError::new("--target", msg).into());
-        }
-    }
+    super::check_target(&a.target, &a.kube)?;
     if a.concurrency == 0 || a.concurrency > 64 {
         return Err(InputError::new("--concurrency", "must be between 1 and 64").into());
     }

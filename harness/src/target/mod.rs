@@ -2,6 +2,7 @@
 //! reports call a `Target`; only its implementations know whether the mesh is local or in kube.
 
 pub mod injection;
+pub mod kube;
 pub mod local;
 
 use std::time::Duration;
