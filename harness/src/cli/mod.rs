@@ -3,6 +3,7 @@
 mod call;
 mod chaos;
 mod derive;
+mod kube;
 mod load;
 mod mesh;
 mod run;
@@ -51,6 +52,9 @@ enum Command {
     Derive(derive::DeriveArgs),
     /// Run the test workload (echo + control API) that every pod of the mesh runs.
     Agent(crate::agent::AgentArgs),
+    /// Work with a Kubernetes cluster: `meshtest kube deploy`, `meshtest kube clean`.
+    #[command(subcommand)]
+    Kube(kube::KubeCommand),
 }
 
 /// Where `meshtest up` keeps its state: $MESHTEST_STATE_DIR or ./.meshtest/local.
@@ -99,6 +103,7 @@ pub fn main() -> ExitCode {
                 Command::Load(a) => load::load(*a).await,
                 Command::Report(c) => load::report(c),
                 Command::Derive(a) => derive::run(a),
+                Command::Kube(c) => kube::run(c).await,
                 Command::Agent(a) => {
                     let agent = crate::agent::Agent::start(a.into_config()?).await?;
                     let listen: Vec<String> = agent

@@ -159,19 +159,7 @@ struct BareDocument {
 impl Manifests {
     /// Loads every `*.yaml` / `*.yml` file in `dir` (sorted by name; not recursive).
     pub fn load_dir(dir: &Path) -> Result<Manifests, InputError> {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| InputError::new(dir, format!("cannot read mesh directory: {e}")))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(InputError::new(
-                dir,
-                "no *.yaml manifests in the mesh directory",
-            ));
-        }
+        let files = mesh_files(dir)?;
         let mut manifests = Manifests {
             dir: dir.to_path_buf(),
             ..Default::default()
@@ -403,6 +391,54 @@ fn unknown_field_name(message: &str) -> Option<String> {
 }
 
 /// Splits multi-document YAML at `---` lines; yields (1-based first line, text).
+/// The manifest files of a mesh directory (`*.yaml`, `*.yml`, not recursive), sorted.
+pub fn mesh_files(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| InputError::new(dir, format!("cannot read mesh directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(InputError::new(
+            dir,
+            "no *.yaml manifests in the mesh directory",
+        ));
+    }
+    Ok(files)
+}
+
+/// Every document of a mesh directory as it is written (for applying it to a cluster), `List`s
+/// unpacked, comment-only documents left out, each with where it came from.
+pub fn raw_documents(dir: &Path) -> Result<Vec<(Origin, serde_json::Value)>, InputError> {
+    let mut out = Vec::new();
+    for file in mesh_files(dir)? {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| InputError::new(&file, format!("cannot read: {e}")))?;
+        for (line, doc) in split_documents(&text) {
+            if doc
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+            {
+                continue;
+            }
+            let origin = Origin {
+                file: file.clone(),
+                line,
+            };
+            let value: serde_json::Value = parse(&origin, &doc)?;
+            match value["items"].as_array() {
+                Some(items) if value["kind"] == "List" => {
+                    out.extend(items.iter().map(|i| (origin.clone(), i.clone())));
+                }
+                _ => out.push((origin, value)),
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn split_documents(text: &str) -> Vec<(u64, String)> {
     let mut docs = Vec::new();
     let mut current = String::new();
