@@ -163,8 +163,8 @@ pub async fn delete_run(client: &Client, run: &Run) -> Result<()> {
         .with_context(|| format!("deleting namespace {}", run.namespace))
 }
 
-/// Deletes every namespace meshtest created (or only run `run`'s): what crashed runs left.
-pub async fn clean(client: &Client, run: Option<&str>) -> Result<Vec<String>> {
+/// The namespaces meshtest's runs created (or only run `run`'s), terminating ones included.
+pub async fn runs(client: &Client, run: Option<&str>) -> Result<Vec<String>> {
     let selector = match run {
         Some(id) => Run::new(id, None).selector(),
         None => format!("{MANAGED_BY}={FIELD_MANAGER}"),
@@ -174,12 +174,21 @@ pub async fn clean(client: &Client, run: Option<&str>) -> Result<Vec<String>> {
         .list(&ListParams::default().labels(&selector))
         .await
         .context("listing meshtest's namespaces")?;
+    found
+        .into_iter()
+        .map(|ns| {
+            ns.metadata
+                .name
+                .ok_or_else(|| anyhow!("a namespace without a name"))
+        })
+        .collect()
+}
+
+/// Deletes every namespace meshtest created (or only run `run`'s): what crashed runs left.
+pub async fn clean(client: &Client, run: Option<&str>) -> Result<Vec<String>> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut deleted = Vec::new();
-    for ns in found {
-        let name = ns
-            .metadata
-            .name
-            .ok_or_else(|| anyhow!("a namespace without a name"))?;
+    for name in runs(client, run).await? {
         namespaces
             .delete(&name, &DeleteParams::default())
             .await
