@@ -373,6 +373,105 @@ fn ok_server() -> std::net::SocketAddr {
     addr
 }
 
+/// An HTTP/1.1 server answering 200 after `delay`, every connection on its own thread.
+fn slow_server(delay: Duration) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    std::thread::sleep(delay);
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(reply).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn load_workers_merge_into_one_report_with_a_row_each() {
+    let cwd = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", slow_server(Duration::from_millis(20)));
+    let summary = |dir: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(cwd.path().join(dir).join("summary.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let four = [
+        "load",
+        &url,
+        "--rate",
+        "200",
+        "-n",
+        "400",
+        "--workers",
+        "4",
+        "--report-dir",
+        "w4",
+        "--no-progress",
+    ];
+    let out = expect(cwd.path(), &four, 0);
+    let why = explain(cwd.path(), &four, &out);
+    let one = [
+        "load",
+        &url,
+        "--rate",
+        "200",
+        "-n",
+        "400",
+        "--report-dir",
+        "w1",
+        "--no-progress",
+    ];
+    expect(cwd.path(), &one, 0);
+    let (w4, w1) = (summary("w4"), summary("w1"));
+    assert_eq!(w4["requests"]["total"], 400, "{why}");
+    let rows = w4["workers"].as_array().expect("a row per worker");
+    assert_eq!(rows.len(), 4, "{why}");
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(row["worker"], k);
+        assert_eq!(
+            row["requests"], 100,
+            "worker {k}: its share of the schedule"
+        );
+    }
+    assert!(
+        w1.get("workers").is_none(),
+        "one process has no worker rows"
+    );
+    // The same load as four processes and as one: the same latency, within the server's
+    // jitter (the merge itself is exact: see meshtest_load::workers' tests).
+    for q in ["p50", "p99"] {
+        let (a, b) = (
+            w4["latency_ms"][q].as_f64().unwrap(),
+            w1["latency_ms"][q].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 5.0,
+            "{q}: {a} ms with 4 workers, {b} ms with one\n{why}"
+        );
+        assert!(a >= 20.0, "{q}: {a} ms is below the server's 20 ms");
+    }
+    // Bad input is refused before any worker starts.
+    let bad = ["load", &url, "-c", "2", "-n", "10", "--workers", "4"];
+    let out = expect(cwd.path(), &bad, 2);
+    assert!(
+        stderr(&out).contains("--workers"),
+        "{}",
+        explain(cwd.path(), &bad, &out)
+    );
+}
+
 #[test]
 fn load_thresholds_and_the_regression_gate_judge_what_matters() {
     let cwd = tempfile::tempdir().unwrap();

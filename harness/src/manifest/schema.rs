@@ -91,14 +91,80 @@ pub fn validate(
     }
     match errors.into_iter().next() {
         None => Ok(()),
-        Some(Violation { path, message }) => Err(origin.error(
-            &path,
-            format!(
-                "{kind}.{group} \"{}\" is invalid: {path}: {message}",
-                value["metadata"]["name"].as_str().unwrap_or("")
-            ),
-        )),
+        Some(Violation { path, message }) => {
+            let name = value["metadata"]["name"].as_str().unwrap_or("");
+            let line = line_of(doc, &path).map_or(origin.line, |l| origin.line + l - 1);
+            Err(origin
+                .error(
+                    &path,
+                    format!("{kind}.{group} \"{name}\" is invalid: {path}: {message}"),
+                )
+                .at_line(line))
+        }
     }
+}
+
+/// Indentation of a line, a list item's `- ` counted as indentation.
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start_matches([' ', '-']).len()
+}
+
+/// Spaces before a line's first character.
+fn leading(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// Whether `line` writes `key:` (block style, or inside a flow mapping).
+fn writes_key(line: &str, key: &str) -> bool {
+    let body = line.trim_start_matches([' ', '-']);
+    body.starts_with(&format!("{key}:"))
+        || [
+            format!("{{{key}:"),
+            format!(", {key}:"),
+            format!("{{ {key}:"),
+        ]
+        .iter()
+        .any(|k| line.contains(k.as_str()))
+}
+
+/// The line (1-based, within the document) where `path` (`spec.http[0].route[0].weight`) is
+/// written, found by following its keys in order and counting list items for its indexes.
+/// None when the text is not laid out so simply (the document's line is used instead).
+fn line_of(doc: &str, path: &str) -> Option<u64> {
+    let lines: Vec<&str> = doc.lines().collect();
+    let mut at = 0usize;
+    let mut floor = 0usize;
+    for segment in path.split('.') {
+        let (key, indexes) = segment.split_once('[').unwrap_or((segment, ""));
+        at = (at..lines.len())
+            .find(|&l| (l == at || indent(lines[l]) >= floor) && writes_key(lines[l], key))?;
+        floor = indent(lines[at]);
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            let i: usize = index.trim_end_matches(']').parse().ok()?;
+            if lines[at].contains('[') {
+                break; // a flow list on the key's own line
+            }
+            // The list's items: `- ` lines below the key, at the first item's indentation,
+            // until the text returns to the key's level.
+            let key_leading = leading(lines[at]);
+            let block: Vec<usize> = (at + 1..lines.len())
+                .take_while(|&l| {
+                    let s = lines[l];
+                    s.trim().is_empty()
+                        || leading(s) > key_leading
+                        || (leading(s) == key_leading && s.trim_start().starts_with("- "))
+                })
+                .filter(|&l| lines[l].trim_start().starts_with("- "))
+                .collect();
+            let item_leading = block.first().map(|&l| leading(lines[l]))?;
+            at = *block
+                .iter()
+                .filter(|&&l| leading(lines[l]) == item_leading)
+                .nth(i)?;
+            floor = item_leading;
+        }
+    }
+    Some(at as u64 + 1)
 }
 
 struct Violation {
@@ -403,6 +469,18 @@ mod tests {
     const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n      weight: 90\n";
 
     #[test]
+    fn a_violation_is_reported_at_its_own_line() {
+        let doc = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  hosts: [a]\n  http:\n  - match:\n    - uri: {prefix: /a}\n    route:\n    - destination: {host: a}\n  - route:\n    - destination:\n        host: b\n      weight: 90\n";
+        assert_eq!(line_of(doc, "spec.http[1].route[0].weight"), Some(14));
+        assert_eq!(
+            line_of(doc, "spec.http[0].route[0].destination.host"),
+            Some(10)
+        );
+        assert_eq!(line_of(doc, "spec.hosts"), Some(5));
+        assert_eq!(line_of(doc, "spec.nothing"), None);
+    }
+
+    #[test]
     fn a_valid_virtual_service_passes() {
         check_doc(VS).unwrap();
     }
@@ -412,7 +490,7 @@ mod tests {
         let e = check_doc(&VS.replace("weight: 90", "weight: ninety")).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("spec.http[0].route[0].weight"));
         assert!(e.message.contains("must be of type integer"), "{e}");
-        assert_eq!(e.line, Some(3));
+        assert_eq!(e.line, Some(3 + 8), "the weight's own line");
         let e = check_doc(&VS.replace("weight: 90", "wieght: 90")).unwrap_err();
         assert!(
             e.message

@@ -541,9 +541,10 @@ mod tests {
             "  tracing:\n  - providers: [{name: jaeger}]\n    randomSamplingPercentage: 150\n",
         )
         .unwrap_err();
+        // The CRD's own bound (maximum 100) refuses it first, at the entry's path.
         assert_eq!(
             e.field.as_deref(),
-            Some("spec.tracing.randomSamplingPercentage")
+            Some("spec.tracing[0].randomSamplingPercentage")
         );
         let e = tracing_of("  tracing:\n  - customTags: {a: {literal: {value: b}}}\n").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("customTags"));

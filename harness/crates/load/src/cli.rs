@@ -102,6 +102,21 @@ pub struct LoadArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Run the load as N processes of this binary (1 to 64), each with 1/N of the rate (its
+    /// share of the one schedule) or of the connections and requests; their HDR histograms
+    /// merge exactly into one report, with a row per worker in summary.json.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+
+    /// Worker mode (set by a parent's --workers): write the record to this file instead of a
+    /// report.
+    #[arg(long, hide = true)]
+    pub worker_out: Option<PathBuf>,
+
+    /// Worker mode: start the schedule at this Unix time, microseconds.
+    #[arg(long, hide = true)]
+    pub worker_start: Option<u64>,
+
     /// HTTP client: auto (hand-rolled HTTP/1.1 over http://, hyper
     /// otherwise), hyper, or fast.
     #[arg(long, hide = true, default_value = "auto")]
@@ -143,6 +158,9 @@ impl LoadArgs {
             client: "auto".into(),
             threads: None,
             send_batch: None,
+            workers: 1,
+            worker_out: None,
+            worker_start: None,
         }
     }
 }

@@ -88,6 +88,12 @@ pub async fn run(plan: &LoadPlan) -> Result<LoadResult> {
     plan.validate()?;
     let connector = Connector::new(plan)?;
     let threads = plan.lanes();
+    // A worker starts its share of the schedule when its parent said.
+    if let Some(at) = plan.start_at
+        && let Ok(wait) = at.duration_since(SystemTime::now())
+    {
+        tokio::time::sleep(wait).await;
+    }
     let start = Instant::now();
     let wall_start = SystemTime::now();
     let schedule = match plan.mode {

@@ -30,6 +30,7 @@ pub mod threshold;
 pub mod timeline;
 pub mod timer;
 pub mod tls;
+pub mod workers;
 
 use std::path::PathBuf;
 
@@ -109,13 +110,33 @@ impl Outcome {
 /// no response is `Ok` with [`Outcome::passed`] false (exit code 1).
 pub async fn run_load(args: LoadArgs) -> Result<Outcome, LoadError> {
     let plan = LoadPlan::from_args(&args)?;
+    check_workers(&args, &plan)?;
     let started = std::time::SystemTime::now();
-    let result = run(&plan).await?;
+    if let Some(out) = &args.worker_out {
+        // A worker: its parent merges and reports.
+        let result = run(&plan).await?;
+        workers::write_record(out, &result)?;
+        let summary = Summary::from_result(&plan.name, &result);
+        return Ok(Outcome {
+            result,
+            summary,
+            report_dir: out.clone(),
+        });
+    }
+    let (result, rows) = if args.workers > 1 {
+        // The binary running this takes `load ARGS` (meshtest does).
+        let exe = std::env::current_exe()
+            .map_err(|e| LoadError::Unchecked(format!("finding this binary for --workers: {e}")))?;
+        workers::run(&args, &plan, args.workers, &exe, &["load"]).await?
+    } else {
+        (run(&plan).await?, Vec::new())
+    };
     let dir = plan
         .report_dir
         .clone()
         .unwrap_or_else(|| report::default_dir(started));
     let mut summary = Summary::from_result(&plan.name, &result);
+    summary.workers = rows;
     summary.thresholds = plan
         .thresholds
         .iter()
@@ -129,6 +150,43 @@ pub async fn run_load(args: LoadArgs) -> Result<Outcome, LoadError> {
     };
     print_summary(&outcome);
     Ok(outcome)
+}
+
+/// `--workers` against the rest of the flags.
+fn check_workers(args: &LoadArgs, plan: &LoadPlan) -> Result<(), LoadError> {
+    let n = args.workers;
+    if !(1..=workers::MAX_WORKERS).contains(&n) {
+        return Err(LoadError::input(format!(
+            "--workers: {n} is not between 1 and {}",
+            workers::MAX_WORKERS
+        )));
+    }
+    if n == 1 {
+        return Ok(());
+    }
+    if args.worker_out.is_some() {
+        return Err(LoadError::input("--workers: a worker runs no workers"));
+    }
+    if args.metrics_listen.is_some() {
+        return Err(LoadError::input(
+            "--workers with --metrics-listen: each worker is its own process; serve metrics without --workers",
+        ));
+    }
+    if let Mode::Closed { connections } = plan.mode
+        && connections < n
+    {
+        return Err(LoadError::input(format!(
+            "--workers {n}: needs at least as many --connections ({connections})"
+        )));
+    }
+    if let Stop::Requests(r) = plan.stop
+        && r < n as u64
+    {
+        return Err(LoadError::input(format!(
+            "--workers {n}: needs at least as many --requests ({r})"
+        )));
+    }
+    Ok(())
 }
 
 fn print_summary(o: &Outcome) {
@@ -147,6 +205,12 @@ fn print_summary(o: &Outcome) {
         s.rate.achieved
     );
     println!("{}", generator_line(s));
+    for w in &s.workers {
+        println!(
+            "worker {}: {} requests, {} errors, {:.1}/s, p50 {:.3} ms, p99 {:.3} ms",
+            w.worker, w.requests, w.errors, w.achieved_rps, w.p50_ms, w.p99_ms
+        );
+    }
     // What the errors were, so a 403 storm and a TLS failure do not read alike.
     let statuses: Vec<String> = s
         .status_counts

@@ -114,6 +114,8 @@ pub struct LoadPlan {
     /// Set it to end the run early: no request starts after it is set (the generator
     /// threads outlive an aborted future, so a caller that gives up must say so here).
     pub cancel: Arc<AtomicBool>,
+    /// Worker mode: when the schedule starts (a parent's `--workers` sets it).
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 impl std::fmt::Debug for LoadPlan {
@@ -278,6 +280,7 @@ impl LoadPlan {
             threads: args.threads,
             send_batch,
             cancel: Arc::new(AtomicBool::new(false)),
+            start_at: worker_start(args.worker_start)?,
         };
         if client == ClientChoice::Fast && !crate::http1::eligible(&plan) {
             return Err(LoadError::input(
@@ -338,6 +341,21 @@ impl LoadPlan {
             Mode::Closed { .. } => "closed",
         }
     }
+}
+
+/// `--worker-start MICROS`: a Unix time at most a minute ahead (a parent sets it a moment ahead).
+fn worker_start(micros: Option<u64>) -> Result<Option<std::time::SystemTime>> {
+    let Some(us) = micros else {
+        return Ok(None);
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_micros(us);
+    let ahead = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    if ahead > Duration::from_secs(60) {
+        return Err(LoadError::input("--worker-start: more than a minute ahead"));
+    }
+    Ok(Some(at))
 }
 
 #[cfg(test)]

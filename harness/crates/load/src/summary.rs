@@ -58,6 +58,9 @@ pub struct Summary {
     /// Latency per upstream "version" found in JSON response bodies.
     pub versions: BTreeMap<String, Group>,
     pub timeline: TimelineOut,
+    /// `--workers`: what each worker process measured (the rest of the summary is their merge).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<crate::workers::WorkerRow>,
     /// Whether the generator kept the open-loop schedule.
     #[serde(default)]
     pub saturation: SaturationOut,
@@ -316,6 +319,7 @@ impl Summary {
             status_classes,
             versions,
             timeline: TimelineOut::from_result(r),
+            workers: Vec::new(),
             saturation: SaturationOut::from_result(r),
             thresholds: Vec::new(),
         }

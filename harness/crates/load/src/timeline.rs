@@ -150,6 +150,43 @@ impl Timeline {
     pub fn width_s(&self) -> u64 {
         self.width_s
     }
+
+    /// Several processes' timelines side by side (`--workers`): the widest bucket width wins,
+    /// counts add, percentiles are the slowest part's (an upper bound, as for merged buckets).
+    pub fn from_buckets(parts: impl IntoIterator<Item = Vec<Bucket>>) -> Timeline {
+        let parts: Vec<Vec<Bucket>> = parts.into_iter().collect();
+        let width = parts
+            .iter()
+            .flat_map(|p| p.iter().map(|b| b.width_s))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut done: Vec<Bucket> = Vec::new();
+        for b in parts.iter().flatten() {
+            let idx = (b.start_s / width) as usize;
+            while done.len() <= idx {
+                let start_s = done.len() as u64 * width;
+                done.push(Bucket {
+                    start_s,
+                    width_s: width,
+                    ..Bucket::default()
+                });
+            }
+            merge_into(&mut done[idx], b);
+        }
+        let open_index = done.len() as u64;
+        Timeline {
+            width_s: width,
+            done,
+            open_index,
+            open: Bucket {
+                start_s: open_index * width,
+                width_s: width,
+                ..Bucket::default()
+            },
+            open_hist: new_histogram(),
+        }
+    }
 }
 
 fn merge_into(dst: &mut Bucket, src: &Bucket) {
