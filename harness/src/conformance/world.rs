@@ -63,9 +63,6 @@ pub struct MeshWorld {
     /// Per service, the delay of the fault set on every replica: requests sent under it may
     /// end that long after it is lifted.
     pub fault_delays: HashMap<String, Duration>,
-    /// The Unix time at which Prometheus' counts at the ingress equalled the load's (the
-    /// latency histogram is read at that same moment: later requests are not the load's).
-    pub counted_at: Option<f64>,
     /// How long the last single call took.
     pub last_elapsed: Duration,
     /// When the scenario's route should cut a hung request off.
@@ -169,7 +166,6 @@ impl MeshWorld {
             in_flight: vec![],
             marks: HashMap::new(),
             fault_delays: HashMap::new(),
-            counted_at: None,
             last_elapsed: Duration::ZERO,
             expected_deadline: None,
             asked_load: 0,

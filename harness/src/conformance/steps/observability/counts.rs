@@ -90,13 +90,8 @@ async fn counts_agree(w: &mut MeshWorld, service: String) {
         // Scrapes trail the last answer: poll (bounded) until the count settles.
         let started = Instant::now();
         let counted = loop {
-            // Evaluated at a fixed moment, so later steps can read the same scrapes.
-            let at = super::unix_now();
-            let now = delta(&by_code(&api, &query, Some(at)).await, &before);
+            let now = delta(&by_code(&api, &query, None).await, &before);
             if now == truth || started.elapsed() > 2 * LAG {
-                if now == truth && name.starts_with("the ingress gateway") {
-                    w.counted_at = Some(at);
-                }
                 break now;
             }
             tokio::time::sleep(INTERVAL / 2).await;
