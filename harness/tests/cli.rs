@@ -350,27 +350,7 @@ fn out_of_range_numbers_exit_2_naming_the_flag_or_field_never_panicking() {
 
 /// A minimal HTTP/1.1 server answering 200 to everything until the test ends.
 fn ok_server() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut stream = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(reply).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    slow_server(Duration::ZERO)
 }
 
 /// An HTTP/1.1 server answering 200 after `delay`, every connection on its own thread.

@@ -86,7 +86,8 @@ pub async fn serve(thread: &MeshThread, run_dir: &Path) -> Result<PathBuf> {
     Ok(socket)
 }
 
-fn reply(status: u16, body: Vec<u8>) -> hyper::Response<Full<Bytes>> {
+/// A JSON answer of the mesh's own HTTP servers (xDS, the span collector).
+pub(crate) fn reply(status: u16, body: Vec<u8>) -> hyper::Response<Full<Bytes>> {
     hyper::Response::builder()
         .status(status)
         .header("content-type", "application/json")

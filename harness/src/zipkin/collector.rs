@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use super::Span;
 use crate::local::runtime::MeshThread;
+use crate::local::xds::reply;
 
 /// Spans kept: a bounded memory however long the mesh runs.
 pub const MAX_SPANS: usize = 100_000;
@@ -53,14 +54,6 @@ impl Collector {
             url: format!("http://{addr}"),
         })
     }
-}
-
-fn reply(status: u16, body: Vec<u8>) -> hyper::Response<Full<Bytes>> {
-    hyper::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
 }
 
 async fn respond(

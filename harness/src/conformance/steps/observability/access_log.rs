@@ -44,28 +44,16 @@ async fn access_logged(w: &mut MeshWorld, tenant: String) {
     let Some((id, _)) = w.tenants.get(&tenant).cloned() else {
         unchecked!("tenant {tenant} sent nothing in this scenario");
     };
-    let (_, outcome) = w.last();
-    if outcome.status() != Some(200) {
-        unchecked!("the request was not answered 200: {}", outcome.summary());
-    }
-    // The path, from the answer: api-gateway's pod forwarded it, the backend's pod echoed it
-    // with the request id the mesh gave it.
-    let forwarded_by = outcome
-        .header("x-meshtest-forwarded-by")
-        .map(str::to_string)
-        .unwrap_or_else(|| unchecked!("the answer does not say which pod forwarded it"));
-    let body = outcome
-        .json()
-        .unwrap_or_else(|| unchecked!("the answer is not the echo's JSON"));
-    let backend = body["pod"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| unchecked!("the echo does not name its pod"));
-    let request_id = body["headers"]["x-request-id"]
-        .as_str()
-        .map(str::to_string)
+    // The path, from the answer; the backend echoed the request id the mesh gave it.
+    let f = super::Forwarded::of_last_call(w);
+    let request_id = f
+        .received("x-request-id")
         .unwrap_or_else(|| unchecked!("the backend received no x-request-id"));
-    let path = ["istio-ingressgateway".to_string(), forwarded_by, backend];
+    let path = [
+        "istio-ingressgateway".to_string(),
+        f.forwarded_by,
+        f.backend,
+    ];
     let route_key = json_log_key(w, "%ROUTE_NAME%").unwrap_or_else(|| {
         crate::broken!("no JSON access log format the mesh declares has a %ROUTE_NAME% field")
     });

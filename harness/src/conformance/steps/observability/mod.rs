@@ -200,3 +200,42 @@ pub(super) fn received_since(w: &MeshWorld, now: &[(String, u64)], service: Opti
         })
         .sum()
 }
+
+/// A forwarded request's path, from its answer: which api-gateway pod forwarded it, and the
+/// backend's echo (its pod, the headers it received).
+pub(super) struct Forwarded {
+    pub forwarded_by: String,
+    pub backend: String,
+    pub echo: serde_json::Value,
+}
+
+impl Forwarded {
+    /// The last call's, which must have been answered 200 by the echo through a forwarder.
+    pub(super) fn of_last_call(w: &MeshWorld) -> Forwarded {
+        let (_, outcome) = w.last();
+        if outcome.status() != Some(200) {
+            unchecked!("the request was not answered 200: {}", outcome.summary());
+        }
+        let forwarded_by = outcome
+            .header("x-meshtest-forwarded-by")
+            .map(str::to_string)
+            .unwrap_or_else(|| unchecked!("the answer does not say which pod forwarded it"));
+        let echo = outcome
+            .json()
+            .unwrap_or_else(|| unchecked!("the answer is not the echo's JSON"));
+        let backend = echo["pod"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| unchecked!("the echo does not name its pod"));
+        Forwarded {
+            forwarded_by,
+            backend,
+            echo,
+        }
+    }
+
+    /// A header the backend received.
+    pub(super) fn received(&self, header: &str) -> Option<String> {
+        self.echo["headers"][header].as_str().map(str::to_string)
+    }
+}

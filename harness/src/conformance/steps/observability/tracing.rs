@@ -104,24 +104,10 @@ async fn one_trace(w: &mut MeshWorld) {
             "the mesh declares no tracing (no Telemetry `tracing`, no default tracing provider)"
         );
     }
-    let (_, outcome) = w.last();
-    if outcome.status() != Some(200) {
-        unchecked!("the request was not answered 200: {}", outcome.summary());
-    }
-    // The path, from the answer: api-gateway's pod forwarded it, the backend's pod echoed
-    // the headers it received.
-    let forwarded_by = outcome
-        .header("x-meshtest-forwarded-by")
-        .map(str::to_string)
-        .unwrap_or_else(|| unchecked!("the answer does not say which pod forwarded it"));
-    let body = outcome
-        .json()
-        .unwrap_or_else(|| unchecked!("the answer is not the echo's JSON"));
-    let backend = body["pod"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| unchecked!("the echo does not name its pod"));
-    let received = |h: &str| body["headers"][h].as_str().map(str::to_string);
+    // The path, from the answer; the backend echoed the headers it received.
+    let f = super::Forwarded::of_last_call(w);
+    let (forwarded_by, backend) = (f.forwarded_by.clone(), f.backend.clone());
+    let received = |h: &str| f.received(h);
     let Some(trace_id) = received("x-b3-traceid") else {
         broken!(
             "{backend} received no trace context (x-b3-traceid): the mesh did not trace the request"
