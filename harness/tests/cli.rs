@@ -429,18 +429,22 @@ fn load_workers_merge_into_one_report_with_a_row_each() {
         w1.get("workers").is_none(),
         "one process has no worker rows"
     );
-    // The same load as four processes and as one: the same latency, within the server's
-    // jitter (the merge itself is exact: see meshtest_load::workers' tests).
-    for q in ["p50", "p99"] {
-        let (a, b) = (
-            w4["latency_ms"][q].as_f64().unwrap(),
-            w1["latency_ms"][q].as_f64().unwrap(),
-        );
+    // The same load as four processes and as one: the same median within the server's jitter
+    // (the merge itself is exact: see meshtest_load::workers' tests); the tail depends on how
+    // busy the host is (other tests run beside this one), so it is only bounded.
+    let p50 = |s: &serde_json::Value| s["latency_ms"]["p50"].as_f64().unwrap();
+    assert!(
+        (p50(&w4) - p50(&w1)).abs() < 5.0,
+        "p50 {} vs {}\n{why}",
+        p50(&w4),
+        p50(&w1)
+    );
+    for s in [&w4, &w1] {
+        let (lo, hi) = (p50(s), s["latency_ms"]["p99"].as_f64().unwrap());
         assert!(
-            (a - b).abs() < 5.0,
-            "{q}: {a} ms with 4 workers, {b} ms with one\n{why}"
+            lo >= 20.0 && hi >= lo && hi < 200.0,
+            "p50 {lo} p99 {hi}\n{why}"
         );
-        assert!(a >= 20.0, "{q}: {a} ms is below the server's 20 ms");
     }
     // Bad input is refused before any worker starts.
     let bad = ["load", &url, "-c", "2", "-n", "10", "--workers", "4"];
