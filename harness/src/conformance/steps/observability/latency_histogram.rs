@@ -5,8 +5,8 @@
 //! The generator times from before the proxy sees a request to after it has answered, so it can
 //! never see it faster: below the bucket is BROKEN. Above it, the difference is the mesh's
 //! (BROKEN) only when it exceeds the generator's own measured lateness plus a millisecond of
-//! loopback; within that it is UNCHECKED. A delay that puts the requests mid-bucket keeps the
-//! comparison meaningful.
+//! loopback; within that it is UNCHECKED. A delay that puts the requests well inside one
+//! bucket keeps the verdict from hanging on a busy host's jitter.
 
 use std::time::{Duration, Instant};
 
