@@ -433,6 +433,14 @@ async fn workload_sends_paced(
 #[then(regex = r"^at least (\d+) of those requests were answered (\d+)$")]
 async fn at_least_answered(w: &mut MeshWorld, least: usize, status: u16) {
     let b = w.batch();
+    // A request nothing answered (no proxy listening, a reset) says nothing of the mesh's
+    // answer: the count would be short for the harness's reason, not the mesh's.
+    if let Some(why) = b.outcomes.iter().find_map(unreachable) {
+        unchecked!("{why}");
+    }
+    if b.outcomes.is_empty() {
+        unchecked!("no request was sent before this step");
+    }
     let answered = b
         .outcomes
         .iter()
