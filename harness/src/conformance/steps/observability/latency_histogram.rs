@@ -8,11 +8,11 @@
 //! loopback; within that it is UNCHECKED. A delay that puts the requests well inside one
 //! bucket keeps the verdict from hanging on a busy host's jitter.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cucumber::then;
 
-use super::{api, unix_at};
+use super::{HISTOGRAM_FLUSH, api, counted_and_timed, unix_at};
 use crate::conformance::world::MeshWorld;
 use crate::prometheus::PrometheusApi;
 use crate::prometheus::config::INTERVAL;
@@ -68,9 +68,6 @@ fn bucket_of_rank(b: &Buckets, rank: u64) -> Option<(f64, f64)> {
 /// Loopback and the generator's reads, beyond its measured send lateness.
 const SLACK_MS: f64 = 1.0;
 
-/// Envoy merges histograms into its stats every 5 s by default; then a scrape.
-const HISTOGRAM_DEADLINE: Duration = Duration::from_secs(12);
-
 #[then(
     regex = r"^the ingress gateway's latency histogram puts the generator's p50 and p99 in the buckets of its own$"
 )]
@@ -90,23 +87,27 @@ async fn histogram_agrees(w: &mut MeshWorld) {
         unchecked!("the load got no answers to time");
     }
     let api = api(w);
-    let query = r#"sum by (le) (istio_request_duration_milliseconds_bucket{reporter="source", source_workload="istio-ingressgateway"})"#;
-    let before = buckets(&api, query, Some(unix_at(mark))).await;
-    // Envoy merges histograms into its stats every few seconds (counters at once): poll
-    // (bounded) until the histogram holds every request of the load.
+    let selector = r#"reporter="source", source_workload="istio-ingressgateway""#;
+    let query = format!("sum by (le) (istio_request_duration_milliseconds_bucket{{{selector}}})");
+    // The mark waited until every histogram held every request counted before it.
+    let before = buckets(&api, &query, Some(unix_at(mark))).await;
+    // Envoy times a request into its histogram at its next stats flush (counts it at once):
+    // poll (bounded) until the histogram holds every request of the load and every request
+    // the ingress counted.
     let started = Instant::now();
     let seen = loop {
-        let now = since(&buckets(&api, query, None).await, &before);
+        let now = since(&buckets(&api, &query, None).await, &before);
         let total = now.last().map_or(0, |b| b.1);
-        if total >= n || started.elapsed() > HISTOGRAM_DEADLINE {
+        let (counted, timed) = counted_and_timed(&api, selector).await;
+        if (total >= n && timed >= counted) || started.elapsed() > HISTOGRAM_FLUSH {
             break now;
         }
         tokio::time::sleep(INTERVAL / 2).await;
     };
     let total = seen.last().map_or(0, |b| b.1);
-    // Requests that reached the ingress after the load (an earlier scenario's stragglers)
-    // may be in it too: each shifts a rank by at most one, so the load's q-quantile lies
-    // between the buckets of ranks ceil(q n) and ceil(q n) + extra.
+    // Requests that reached the ingress during the load from elsewhere may be in it too:
+    // each shifts a rank by at most one, so the load's q-quantile lies between the buckets
+    // of ranks ceil(q n) and ceil(q n) + extra.
     let extra = total.saturating_sub(n);
     if total < n || extra > n / 10 {
         unchecked!(

@@ -93,6 +93,10 @@ async fn scrapes_every_proxy(w: &mut MeshWorld) {
         }
         tokio::time::sleep(INTERVAL / 4).await;
     }
+    // Envoy times a request into its histograms only at its next stats flush (every 5 s),
+    // while it counts it at once: wait (bounded) until every histogram holds every request
+    // counted so far, or an earlier scenario's last requests would land after the mark.
+    wait_until_timed(&api, "").await;
     // The proxies' own request counters: the second ground truth (did anyone else send?).
     for p in received_by_proxy(w).await {
         w.stats_before.insert((p.0, RECEIVED.into()), p.1);
@@ -101,6 +105,48 @@ async fn scrapes_every_proxy(w: &mut MeshWorld) {
     let alerts = api.alerts().await.unwrap_or_else(|e| unchecked!("{e:#}"));
     w.alerts_before = alerts.iter().map(alerts::describe_alert).collect();
     w.marks.insert("telemetry".into(), Instant::now());
+}
+
+/// Envoy merges histograms into its stats every 5 s by default; then a scrape.
+pub(super) const HISTOGRAM_FLUSH: Duration = Duration::from_secs(12);
+
+/// Requests over `selector` (PromQL label matchers, without braces) that Prometheus shows
+/// counted and timed: the histogram lags the counter until the proxy's next stats flush.
+pub(super) async fn counted_and_timed(api: &PrometheusApi, selector: &str) -> (u64, u64) {
+    let sum = |metric: &str| format!("sum({metric}{{{selector}}})");
+    let mut out = [0; 2];
+    for (i, metric) in [
+        "istio_requests_total",
+        "istio_request_duration_milliseconds_count",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let samples = api
+            .query(&sum(metric))
+            .await
+            .unwrap_or_else(|e| unchecked!("{e:#}"));
+        out[i] = samples.first().map_or(0, |s| s.value.round() as u64);
+    }
+    (out[0], out[1])
+}
+
+/// Polls (bounded) until the histograms over `selector` hold every request its counters do.
+pub(super) async fn wait_until_timed(api: &PrometheusApi, selector: &str) {
+    let started = Instant::now();
+    loop {
+        let (counted, timed) = counted_and_timed(api, selector).await;
+        if timed >= counted {
+            return;
+        }
+        if started.elapsed() > HISTOGRAM_FLUSH {
+            unchecked!(
+                "after {} s the proxies' duration histograms hold {timed} requests, their counters {counted}: Envoy did not flush its histograms",
+                HISTOGRAM_FLUSH.as_secs()
+            );
+        }
+        tokio::time::sleep(INTERVAL / 2).await;
+    }
 }
 
 /// Every proxy of the mesh: each pod's sidecar and the ingress gateway.
