@@ -3,7 +3,9 @@
 # proxies use, for synthetic meshes of 10, 50, 100 and 200 pods (bench/synthetic_mesh.py:
 # N services x 2 replicas, a policy, a DestinationRule and STRICT mTLS each), and how many
 # inotify instances the proxies hold (file-watched xDS held two per Envoy, and the per-user
-# default limit of 128 stopped meshes near 64 proxies).
+# default limit of 128 stopped meshes near 64 proxies). Each size runs twice: as is (every
+# proxy carries every service), with a Sidecar per service narrowing its egress to the next
+# service of the chain (synthetic_mesh.py --sidecars), and with those Sidecars REGISTRY_ONLY.
 #
 #   bench/scale.sh            writes bench/SCALE.md (SIZES="5 25 50 100" services to try)
 #
@@ -20,15 +22,17 @@ trap 'rm -rf "$WORK"' EXIT
   echo
   echo "\`bash bench/scale.sh\` on $(nproc) cores, $(date -u +%Y-%m-%d), release build; one run per size."
   echo
-  echo "| pods | proxies | ready in | PSS of all proxies | PSS per proxy | inotify instances held |"
-  echo "|---|---|---|---|---|---|"
+  echo "| pods | Sidecar egress | proxies | ready in | PSS of all proxies | PSS per proxy | inotify instances held |"
+  echo "|---|---|---|---|---|---|---|"
 } > "$WORK/SCALE.md"
 for services in $SIZES; do
+for sidecars in "" --sidecars "--sidecars --registry-only"; do
   pods=$((services * 2))
-  mesh="$WORK/mesh-$services"
-  python3 bench/synthetic_mesh.py "$services" 2 "$mesh"
-  export MESHTEST_STATE_DIR="$WORK/state-$services"
-  log="$WORK/up-$services.log"
+  run="$services${sidecars// /}"
+  mesh="$WORK/mesh-$run"
+  python3 bench/synthetic_mesh.py "$services" 2 "$mesh" $sidecars
+  export MESHTEST_STATE_DIR="$WORK/state-$run"
+  log="$WORK/up-$run.log"
   timeout 600 "$BIN" up --mesh "$mesh" > "$log" 2>&1 &
   up=$!
   deadline=$((SECONDS + 600))
@@ -65,8 +69,14 @@ PY
   "$BIN" down >/dev/null 2>&1 || kill "$up" 2>/dev/null || true
   wait "$up" 2>/dev/null || true
   per=$(( proxies > 0 ? pss / proxies : 0 ))
-  echo "| $pods | $proxies | ${ready:-did not start}${ready:+ s} | $pss MiB | $per MiB | $inotify |" >> "$WORK/SCALE.md"
+  case "$sidecars" in
+    "") egress="none: every service" ;;
+    --sidecars) egress="next service only (ALLOW_ANY)" ;;
+    *) egress="next service only, REGISTRY_ONLY" ;;
+  esac
+  echo "| $pods | $egress | $proxies | ${ready:-did not start}${ready:+ s} | $pss MiB | $per MiB | $inotify |" >> "$WORK/SCALE.md"
   if [[ -z "$ready" ]]; then tail -5 "$log" | sed 's/^/    /' >> "$WORK/SCALE.md"; fi
+done
 done
 cp "$WORK/SCALE.md" bench/SCALE.md
 cat bench/SCALE.md

@@ -3,13 +3,14 @@
 //! is decided from the manifests by `declared`, never by running the mesh, so a suite derived
 //! today fails when a policy is loosened tomorrow.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::declared::authorization::{Ask, Caller, Decision, decide};
-use crate::manifest::istio::{MtlsMode, StringMatch};
+use crate::manifest::istio::{MtlsMode, OutboundMode, StringMatch};
 use crate::model::{MeshModel, Pod, Workload};
 use crate::translate::peer_authentication::effective_mode;
+use crate::translate::sidecar_scope::SidecarScope;
 
 /// One feature file: its name and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +170,17 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
         .collect();
     let mut rows = Vec::new();
     let mut undecided = BTreeSet::new();
+    // A call outside the caller's Sidecar egress never reaches the callee with its identity:
+    // it is not an authorization question (features/egress steps judge it).
+    let mut outside: BTreeMap<(String, &str), BTreeSet<String>> = BTreeMap::new();
+    let mut scopes = Vec::new();
+    for c in &callers {
+        match SidecarScope::of(model, &Workload::of(c)) {
+            Ok(scope) => scopes.push(scope),
+            // translate::proxy::check refuses such manifests before deriving.
+            Err(_) => return None,
+        }
+    }
     for callee in &model.services {
         let Some(pod) = model.pods_of(callee).next() else {
             continue;
@@ -176,10 +188,24 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
         let workload = Workload::of(pod);
         let paths = probe_paths(model, &workload);
         for port in &callee.ports {
-            for (caller, path) in callers
+            for ((caller, scope), path) in callers
                 .iter()
+                .zip(&scopes)
                 .flat_map(|c| paths.iter().map(move |p| (c, p)))
             {
+                if !scope.sees(callee, port.port) {
+                    let why = match scope.mode {
+                        OutboundMode::RegistryOnly => "REGISTRY_ONLY: its own proxy answers 502",
+                        OutboundMode::AllowAny => {
+                            "ALLOW_ANY: they leave in plaintext, without its identity"
+                        }
+                    };
+                    outside
+                        .entry((caller_name(model, caller), why))
+                        .or_default()
+                        .insert(format!("{}:{}", callee.name, port.port));
+                    continue;
+                }
                 let who = Caller::workload(&caller.namespace, &caller.service_account);
                 let tcp = !port.protocol.is_http();
                 // A TCP port is asked once (paths mean nothing to it).
@@ -213,6 +239,12 @@ fn authorization(model: &MeshModel, source: &str) -> Option<Feature> {
                 ]);
             }
         }
+    }
+    for ((caller, why), hosts) in outside {
+        undecided.insert(format!(
+            "calls from {caller} to {}, outside its Sidecar's egress hosts ({why})",
+            hosts.into_iter().collect::<Vec<_>>().join(", ")
+        ));
     }
     if rows.is_empty() {
         return None;

@@ -64,6 +64,59 @@ fn the_bookstore_suite_holds_and_a_loosened_policy_breaks_it() {
 }
 
 #[test]
+fn the_bookstore_egress_scenarios_break_when_a_sidecar_is_loosened() {
+    let features = bookstore().join("features");
+    let cases = [
+        (
+            // The accounts proxy lets unknown calls out instead of answering 502.
+            "  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+            "",
+            "A sidecar reaches only its Sidecar's egress hosts; REGISTRY_ONLY refuses the rest itself",
+        ),
+        (
+            // The cache's proxy is programmed for every service of its namespace.
+            "  workloadSelector: {labels: {app: cache}}\n  egress:\n  - hosts: [./orders.store.svc.cluster.local]",
+            "  workloadSelector: {labels: {app: cache}}\n  egress:\n  - hosts: [./*]",
+            "With ALLOW_ANY a call outside the egress hosts leaves in plaintext, and STRICT refuses it",
+        ),
+    ];
+    for (from, to, scenario) in cases {
+        let loose = mesh_copy_of(
+            &bookstore(),
+            only("egress.yaml", |t| {
+                assert!(t.contains(from), "egress.yaml no longer has {from:?}");
+                t.replace(from, to)
+            }),
+        );
+        let name = format!("^{}$", regex_escape(scenario));
+        let out = run(
+            &[
+                "run",
+                "--mesh",
+                s(loose.path()),
+                s(&features),
+                "--name",
+                &name,
+            ],
+            1,
+        );
+        assert!(out.contains("1 broken"), "{scenario}:\n{out}");
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+#[test]
 fn a_derived_suite_holds_on_its_mesh_and_breaks_when_a_policy_is_loosened() {
     let out_dir = tempfile::tempdir().unwrap();
     let derived = run(

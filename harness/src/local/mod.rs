@@ -141,7 +141,10 @@ impl LocalMesh {
         let manifests = Manifests::load_dir(&opts.mesh_dir)?;
         let model = MeshModel::build(manifests)?;
         envoy_config::check(&model)?;
-        for w in crate::translate::virtual_service::dangling_references(&model) {
+        for w in crate::translate::virtual_service::dangling_references(&model)
+            .into_iter()
+            .chain(crate::translate::sidecar_scope::unmatched_hosts(&model))
+        {
             eprintln!("meshtest: warning: {w}");
         }
         let envoy = match &opts.envoy {

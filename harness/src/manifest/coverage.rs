@@ -55,13 +55,18 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "Telemetry, IstioOperator meshConfig",
-        "accessLogging providers, tracing providers + randomSamplingPercentage, extensionProviders envoyFileAccessLog (JSON format) and zipkin",
+        "accessLogging providers, tracing providers + randomSamplingPercentage, extensionProviders envoyFileAccessLog (JSON format) and zipkin, outboundTrafficPolicy.mode",
         "metrics overrides, tracing customTags/match/disableSpanReporting, other tracing providers",
     ),
     (
         "PrometheusRule",
         "groups of recording rules and alerts (loaded into the embedded Prometheus)",
         "-",
+    ),
+    (
+        "Sidecar",
+        "workloadSelector (else the namespace's, else the root namespace's default), egress hosts (`namespace/dnsName` with `*`, `.`, `~`, wildcards) and port: a proxy gets clusters and routes for those services only; outboundTrafficPolicy (and meshConfig's): ALLOW_ANY sends other calls out in plaintext to the service's pods (Istio's PassthroughCluster), REGISTRY_ONLY answers them 502",
+        "ingress listeners, inboundConnectionPool, egress bind and captureMode, outboundTrafficPolicy.egressProxy",
     ),
     (
         "ServiceEntry",
@@ -71,7 +76,7 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     (
         "List; ConfigMap, Secret, HPA, PDB, RBAC, CRDs, ServiceMonitor, ...",
         "List items unpacked; the others noted and ignored (they do not change a request's path)",
-        "NetworkPolicy, Ingress, Sidecar, WorkloadEntry and any other kind",
+        "NetworkPolicy, Ingress, WorkloadEntry and any other kind",
     ),
 ];
 

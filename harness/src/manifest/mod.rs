@@ -83,6 +83,8 @@ pub struct Manifests {
     pub gateways: Vec<Resource<istio::GatewaySpec>>,
     pub envoy_filters: Vec<Resource<istio::EnvoyFilterSpec>>,
     #[serde(default)]
+    pub sidecars: Vec<Resource<istio::SidecarSpec>>,
+    #[serde(default)]
     pub prometheus_rules: Vec<Resource<observability::PrometheusRuleSpec>>,
     #[serde(default)]
     pub telemetries: Vec<Resource<observability::TelemetrySpec>>,
@@ -281,6 +283,7 @@ impl Manifests {
             }
             ("networking.istio.io", "Gateway") => self.gateways.push(typed(origin, doc)?),
             ("networking.istio.io", "EnvoyFilter") => self.envoy_filters.push(typed(origin, doc)?),
+            ("networking.istio.io", "Sidecar") => self.sidecars.push(typed(origin, doc)?),
             ("monitoring.coreos.com", "PrometheusRule") => {
                 self.prometheus_rules.push(typed(origin, doc)?)
             }
@@ -289,7 +292,7 @@ impl Manifests {
             _ => {
                 return Err(origin.error(
                     "kind",
-                    format!("unsupported resource {api}/{kind}: it may change what the mesh does, and meshtest does not translate it. Translated: Namespace, ServiceAccount, Deployment, StatefulSet, DaemonSet, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway (Istio's and the Gateway API's), HTTPRoute, GRPCRoute, ServiceEntry (MESH_EXTERNAL, noted), EnvoyFilter, Telemetry, IstioOperator (meshConfig), PrometheusRule; ignored: List is unpacked, {}", IGNORED_KINDS.join(", ")),
+                    format!("unsupported resource {api}/{kind}: it may change what the mesh does, and meshtest does not translate it. Translated: Namespace, ServiceAccount, Deployment, StatefulSet, DaemonSet, Service, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, DestinationRule, VirtualService, Gateway (Istio's and the Gateway API's), HTTPRoute, GRPCRoute, ServiceEntry (MESH_EXTERNAL, noted), EnvoyFilter, Sidecar (egress), Telemetry, IstioOperator (meshConfig), PrometheusRule; ignored: List is unpacked, {}", IGNORED_KINDS.join(", ")),
                 ));
             }
         }

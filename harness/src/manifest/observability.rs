@@ -123,6 +123,9 @@ pub struct MeshConfig {
     pub extension_providers: Vec<ExtensionProvider>,
     #[serde(default)]
     pub default_providers: Option<DefaultProviders>,
+    /// What a sidecar does with a call outside the registry (or its Sidecar's egress).
+    #[serde(default)]
+    pub outbound_traffic_policy: Option<super::istio::OutboundTrafficPolicy>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

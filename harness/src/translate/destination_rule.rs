@@ -8,11 +8,12 @@ use serde_json::{Value, json};
 
 use crate::error::InputError;
 use crate::manifest::istio::{
-    ClientTlsMode, DestinationRuleSpec, LbPolicy, LoadBalancer, TrafficPolicy,
+    ClientTlsMode, DestinationRuleSpec, LbPolicy, LoadBalancer, OutboundMode, TrafficPolicy,
 };
 use crate::manifest::{Origin, Resource};
 use crate::model::{MeshModel, Service, ServicePort, labels_match};
 
+use super::sidecar_scope::{self, SidecarScope};
 use super::{CertFiles, Endpoints, duration};
 
 /// Istio's cluster name: outbound|PORT|SUBSET|FQDN.
@@ -24,17 +25,33 @@ pub fn cluster_name(service: &Service, port: u16, subset: Option<&str>) -> Strin
     )
 }
 
-/// Every outbound cluster a proxy with `certs` needs to reach every service of the mesh.
+/// Every outbound cluster a proxy with `certs` needs to reach the services in its `scope`
+/// (and, for the others, the PassthroughCluster's stand-ins when it lets calls out).
 pub fn outbound_clusters(
     model: &MeshModel,
     certs: &CertFiles,
     endpoints: &Endpoints<'_>,
+    scope: &SidecarScope,
 ) -> Result<Vec<Value>, InputError> {
     let mut clusters = Vec::new();
     for service in &model.services {
+        let (seen, unseen): (Vec<&ServicePort>, Vec<&ServicePort>) = service
+            .ports
+            .iter()
+            .partition(|p| scope.sees(service, p.port));
+        if scope.mode == OutboundMode::AllowAny {
+            for port in unseen {
+                clusters.push(sidecar_scope::passthrough_cluster(
+                    model, service, port, endpoints,
+                ));
+            }
+        }
+        if seen.is_empty() {
+            continue;
+        }
         let rule = rule_for(model, service)?;
         let top = rule.and_then(|r| r.spec.traffic_policy.as_ref());
-        for port in &service.ports {
+        for port in seen {
             let at = Placement {
                 service,
                 port,
@@ -341,6 +358,14 @@ pub fn http2_options() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every cluster of a proxy no Sidecar narrows.
+    fn all_clusters(
+        model: &MeshModel,
+        endpoints: &Endpoints<'_>,
+    ) -> Result<Vec<Value>, InputError> {
+        outbound_clusters(model, &certs(), endpoints, &crate::translate::tests::all())
+    }
     use crate::translate::tests::{certs, model_of, pyairtable_model};
     use std::net::IpAddr;
 
@@ -354,13 +379,17 @@ mod tests {
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: ns}\nspec:\n  host: svc\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpCookie: {name: session, ttl: 60s}, minimumRingSize: 1024}\n",
         );
         let endpoints = |_: &crate::model::Pod| IpAddr::from([127, 0, 0, 1]);
-        let clusters = outbound_clusters(&model, &certs(), &endpoints).unwrap();
+        let clusters = all_clusters(&model, &endpoints).unwrap();
         assert_eq!(clusters[0]["lb_policy"], "RING_HASH");
         assert_eq!(
             clusters[0]["ring_hash_lb_config"]["minimum_ring_size"],
             1024
         );
-        let hosts = crate::translate::virtual_service::mesh_virtual_hosts(&model).unwrap();
+        let hosts = crate::translate::virtual_service::mesh_virtual_hosts(
+            &model,
+            &crate::translate::tests::all(),
+        )
+        .unwrap();
         assert_eq!(
             hosts[0]["routes"][0]["route"]["hash_policy"],
             json!([{"cookie": {"name": "session", "ttl": "60s"}}])
@@ -370,7 +399,7 @@ mod tests {
     #[test]
     fn seed_values_become_circuit_breakers_and_outlier_detection() {
         let model = pyairtable_model();
-        let clusters = outbound_clusters(&model, &certs(), &endpoints()).unwrap();
+        let clusters = all_clusters(&model, &endpoints()).unwrap();
         let c = clusters
             .iter()
             .find(|c| c["name"] == "outbound|8080||auth-service.pyairtable.svc.cluster.local")
@@ -413,7 +442,7 @@ mod tests {
     #[test]
     fn subsets_select_pods_by_labels() {
         let model = pyairtable_model();
-        let clusters = outbound_clusters(&model, &certs(), &endpoints()).unwrap();
+        let clusters = all_clusters(&model, &endpoints()).unwrap();
         let count = |name: &str| {
             clusters.iter().find(|c| c["name"] == name).unwrap()["load_assignment"]["endpoints"][0]
                 ["lb_endpoints"]
@@ -444,7 +473,7 @@ mod tests {
         let model = model_of(
             "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: x, namespace: ns}\nspec:\n  host: svc\n  trafficPolicy:\n    outlierDetection:\n      interval: often\n",
         );
-        let err = outbound_clusters(&model, &certs(), &endpoints()).unwrap_err();
+        let err = all_clusters(&model, &endpoints()).unwrap_err();
         assert_eq!(
             err.field.as_deref(),
             Some("spec.trafficPolicy.outlierDetection.interval")

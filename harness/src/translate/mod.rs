@@ -14,6 +14,7 @@ pub mod peer_authentication;
 pub mod proxy;
 pub mod request_authentication;
 pub mod route_actions;
+pub mod sidecar_scope;
 pub mod tcp;
 pub mod telemetry;
 pub mod virtual_service;
@@ -101,6 +102,11 @@ pub(crate) mod tests {
         m.add_text(Path::new("t.yaml"), &format!("{base}{extra}"))
             .unwrap();
         MeshModel::build(m).unwrap()
+    }
+
+    /// Every service in view: a proxy no Sidecar governs.
+    pub fn all() -> crate::translate::sidecar_scope::SidecarScope {
+        crate::translate::sidecar_scope::SidecarScope::everything(Default::default())
     }
 
     pub fn certs() -> CertFiles {

@@ -13,6 +13,7 @@ use super::envoy_filter::{self, Context};
 use super::gateway::{self, GatewayPlacement};
 use super::peer_authentication::{self, ISTIO_ALPNS};
 use super::route_actions;
+use super::sidecar_scope::{self, SidecarScope};
 use super::tcp;
 use super::telemetry::{self, ConnectionManagerTelemetry, Reporter};
 use super::virtual_service::{self, FAULT_FILTER};
@@ -129,14 +130,17 @@ pub fn sidecar(
     endpoints: &Endpoints<'_>,
 ) -> Result<EnvoyConfig, InputError> {
     peer_authentication::validate(&model.manifests)?;
+    sidecar_scope::validate(model)?;
     let workload = Workload::of(pod);
+    let scope = SidecarScope::of(model, &workload)?;
     let inbound_filters = http_filters(model, &workload, Context::SidecarInbound, vec![])?;
     let inbound_telemetry =
         telemetry::for_connection_manager(model, &workload, &Reporter::Destination { pod })?;
     let outbound_telemetry =
         telemetry::for_connection_manager(model, &workload, &Reporter::Source { pod: Some(pod) })?;
     let mut listeners = Vec::new();
-    let mut clusters = destination_rule::outbound_clusters(model, &placement.certs, endpoints)?;
+    let mut clusters =
+        destination_rule::outbound_clusters(model, &placement.certs, endpoints, &scope)?;
     for &port in &pod.ports {
         let mode = peer_authentication::effective_mode(&model.manifests, &workload, port);
         let filters = if model.pod_port_protocol(pod, port).is_http() {
@@ -164,7 +168,7 @@ pub fn sidecar(
     let outbound_filters = http_filters(model, &workload, Context::SidecarOutbound, vec![fault()])?;
     let outbound_routes = json!({
         "name": "outbound",
-        "virtual_hosts": virtual_service::mesh_virtual_hosts(model)?,
+        "virtual_hosts": virtual_service::mesh_virtual_hosts(model, &scope)?,
         "validate_clusters": false,
     });
     listeners.push(json!({
@@ -173,7 +177,7 @@ pub fn sidecar(
         "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [http_connection_manager("outbound_0.0.0.0", outbound_routes, outbound_filters, "SANITIZE_SET", &outbound_telemetry)]}],
     }));
-    listeners.extend(tcp::outbound_listeners(model, placement));
+    listeners.extend(tcp::outbound_listeners(model, placement, &scope));
     Ok(EnvoyConfig {
         listeners,
         clusters,
@@ -298,7 +302,9 @@ pub fn ingress_gateway(
     let workload = model.ingress.clone();
     let filters = http_filters(model, &workload, Context::Gateway, vec![fault()])?;
     let listeners = gateway::listeners(model, &workload, &filters, placement)?;
-    let clusters = destination_rule::outbound_clusters(model, certs, endpoints)?;
+    // No Sidecar governs a gateway: it sees every service.
+    let all = SidecarScope::everything(Default::default());
+    let clusters = destination_rule::outbound_clusters(model, certs, endpoints, &all)?;
     Ok(EnvoyConfig {
         listeners,
         clusters,
@@ -357,6 +363,62 @@ mod tests {
             cfg.listeners.last().unwrap()["address"]["pipe"]["path"],
             "/run/p/o.sock"
         );
+    }
+
+    #[test]
+    fn a_sidecars_egress_bounds_its_clusters_and_routes() {
+        let other = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: db, namespace: ns}\nspec:\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: ns}\nspec:\n  selector: {app: db}\n  ports: [{port: 5000, name: http}]\n---\n";
+        let with_sidecar = |policy: &str| {
+            format!(
+                "{other}apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: svc, namespace: ns}}\nspec:\n  workloadSelector: {{labels: {{app: svc}}}}\n  egress: [{{hosts: [./db.ns.svc.cluster.local]}}]\n{policy}"
+            )
+        };
+        let config = |yaml: &str| {
+            let model = crate::translate::tests::model_of(yaml);
+            let pod = model.pods.iter().find(|p| p.service == "svc").unwrap();
+            sidecar(&model, pod, &placement(), &endpoints()).unwrap()
+        };
+        let names = |cfg: &EnvoyConfig| -> Vec<String> {
+            cfg.clusters
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .filter(|n| !n.starts_with("inbound"))
+                .collect()
+        };
+        let vhosts = |cfg: &EnvoyConfig| -> Vec<String> {
+            let outbound = cfg
+                .listeners
+                .iter()
+                .find(|l| l["name"] == "virtualOutbound")
+                .unwrap();
+            outbound["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+                ["virtual_hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // ALLOW_ANY: svc itself is outside the egress, reached in plaintext.
+        let allow = config(&with_sidecar(""));
+        assert_eq!(
+            names(&allow),
+            [
+                "PassthroughCluster|8080|svc.ns.svc.cluster.local",
+                "outbound|5000||db.ns.svc.cluster.local"
+            ]
+        );
+        let passthrough = &allow.clusters[0];
+        assert!(
+            passthrough.get("transport_socket").is_none(),
+            "{passthrough}"
+        );
+        // REGISTRY_ONLY: no cluster for it, and a 502 for every host the proxy does not know.
+        let only = config(&with_sidecar(
+            "  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+        ));
+        assert_eq!(names(&only), ["outbound|5000||db.ns.svc.cluster.local"]);
+        assert_eq!(vhosts(&only), ["db.ns.svc.cluster.local:5000", "block_all"]);
     }
 
     struct Ports;

@@ -10,6 +10,8 @@ use crate::model::{MeshModel, Protocol, Workload};
 use super::authorization_policy::rbac_network_filters;
 use super::destination_rule::cluster_name;
 use super::proxy::{SidecarPlacement, inbound_cluster_name};
+use super::sidecar_scope::{SidecarScope, passthrough_cluster_name};
+use crate::manifest::istio::OutboundMode;
 
 fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
     json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
@@ -34,11 +36,23 @@ pub fn inbound_filters(
 }
 
 /// One listener per TCP service port of the mesh, on its own socket.
-pub fn outbound_listeners(model: &MeshModel, placement: &SidecarPlacement) -> Vec<Value> {
+/// A port outside the sidecar's `scope` goes to its PassthroughCluster stand-in (ALLOW_ANY) or
+/// has no listener (REGISTRY_ONLY: the connection is refused).
+pub fn outbound_listeners(
+    model: &MeshModel,
+    placement: &SidecarPlacement,
+    scope: &SidecarScope,
+) -> Vec<Value> {
     let mut out = Vec::new();
     for (i, service) in model.services.iter().enumerate() {
         for port in service.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
-            let cluster = cluster_name(service, port.port, None);
+            let cluster = if scope.sees(service, port.port) {
+                cluster_name(service, port.port, None)
+            } else if scope.mode == OutboundMode::AllowAny {
+                passthrough_cluster_name(service, port.port)
+            } else {
+                continue;
+            };
             out.push(json!({
                 "name": format!("outbound_tcp_{}_{}", service.fqdn(), port.port),
                 "address": {"pipe": {"path": placement.tcp_outbound_socket(i, port.port)}},

@@ -4,11 +4,14 @@
 use serde_json::{Value, json};
 
 use crate::error::InputError;
-use crate::manifest::istio::{Fault, HttpRoute, Retries, StringMatch, VirtualServiceSpec};
+use crate::manifest::istio::{
+    Fault, HttpRoute, OutboundMode, Retries, StringMatch, VirtualServiceSpec,
+};
 use crate::manifest::{Origin, Resource};
 use crate::model::{MeshModel, Service};
 
 use super::destination_rule::{cluster_name, hash_policy};
+use super::sidecar_scope::{self, SidecarScope};
 use super::{duration, route_actions};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -34,15 +37,30 @@ pub fn binds_gateway(
 
 /// The outbound virtual hosts of a sidecar: one per service port, reachable by every name
 /// Kubernetes DNS gives the service (with the port; without it for the service's first port),
-/// routed by the mesh VirtualService for it or straight to its cluster.
-pub fn mesh_virtual_hosts(model: &MeshModel) -> Result<Vec<Value>, InputError> {
+/// routed by the mesh VirtualService for it or straight to its cluster. A port outside the
+/// sidecar's `scope` goes to its PassthroughCluster stand-in (ALLOW_ANY) or nowhere, with
+/// REGISTRY_ONLY's 502 for every host the proxy does not know.
+pub fn mesh_virtual_hosts(
+    model: &MeshModel,
+    scope: &SidecarScope,
+) -> Result<Vec<Value>, InputError> {
     let mut hosts = Vec::new();
     for service in &model.services {
         let vs = mesh_virtual_service(model, service);
         for (i, port) in service.ports.iter().enumerate() {
-            let routes = match vs {
-                Some(vs) => routes(model, vs, Some(port.port))?,
-                None => vec![default_route(model, service, port.port)?],
+            let routes = if !scope.sees(service, port.port) {
+                if scope.mode == OutboundMode::RegistryOnly {
+                    continue;
+                }
+                let cluster = sidecar_scope::passthrough_cluster_name(service, port.port);
+                vec![
+                    json!({"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}),
+                ]
+            } else {
+                match vs {
+                    Some(vs) => routes(model, vs, Some(port.port))?,
+                    None => vec![default_route(model, service, port.port)?],
+                }
             };
             let names = [
                 service.name.clone(),
@@ -63,6 +81,9 @@ pub fn mesh_virtual_hosts(model: &MeshModel) -> Result<Vec<Value>, InputError> {
                 .collect();
             hosts.push(json!({"name": format!("{}:{}", service.fqdn(), port.port), "domains": domains, "routes": routes}));
         }
+    }
+    if scope.mode == OutboundMode::RegistryOnly {
+        hosts.push(sidecar_scope::block_all_virtual_host());
     }
     Ok(hosts)
 }
@@ -521,7 +542,7 @@ mod tests {
     #[test]
     fn mesh_hosts_cover_every_dns_name() {
         let model = pyairtable_model();
-        let hosts = mesh_virtual_hosts(&model).unwrap();
+        let hosts = mesh_virtual_hosts(&model, &crate::translate::tests::all()).unwrap();
         let auth = hosts
             .iter()
             .find(|h| h["name"] == "auth-service.pyairtable.svc.cluster.local:8080")

@@ -2,7 +2,8 @@ Feature: Bookstore keeps its promises with the steps meshtest ships
   A second mesh, shaped unlike PyAirtable's (namespace store, ports 80/9090/9091/7000/8080/8081,
   a gRPC port 50051 and a Redis (TCP) port 6379,
   named and renumbered target ports, Helm's `istio: ingress` gateway on shop.example.com, its
-  own issuer), whose unmodified containers run as stand-in agents. Run it with
+  own issuer, Sidecars narrowing two proxies' egress), whose unmodified containers run as
+  stand-in agents. Run it with
   `meshtest run --mesh mesh/bookstore mesh/bookstore/features`.
 
   Background:
@@ -43,6 +44,19 @@ Feature: Bookstore keeps its promises with the steps meshtest ships
       | payments   | catalog:50051   | /store.Catalog/Get | denied by RBAC |
       | orders     | cache:6379      | /                  | allowed        |
       | storefront | cache:6379      | /                  | closed by RBAC |
+
+  # egress.yaml: accounts' and the cache's Sidecars program their proxies for orders only.
+  Scenario: A sidecar reaches only its Sidecar's egress hosts; REGISTRY_ONLY refuses the rest itself
+    When accounts calls orders:9090 at /orders
+    Then the call is denied by RBAC
+    When accounts calls catalog:9090 at /books/42
+    Then the caller's sidecar answers 502 itself, as REGISTRY_ONLY does for a host outside its egress
+
+  Scenario: With ALLOW_ANY a call outside the egress hosts leaves in plaintext, and STRICT refuses it
+    When cache calls orders:9090 at /orders
+    Then the call is denied by RBAC
+    When cache calls catalog:9090 at /books/42
+    Then the call leaves the caller's sidecar in plaintext, and the callee's STRICT mTLS refuses it
 
   Scenario: Plaintext to the Redis port is refused by its live proxy
     Given the PeerAuthentications declare STRICT mTLS for cache:6379

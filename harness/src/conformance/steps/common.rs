@@ -251,7 +251,7 @@ pub enum NetworkRbac {
 static RBAC_PROOF: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The pods behind `to` (POD[:PORT] or SERVICE[:PORT]) and the pod port it reaches.
-fn callee_port(model: &crate::model::MeshModel, to: &str) -> Option<(Vec<String>, u16)> {
+pub(super) fn callee_port(model: &crate::model::MeshModel, to: &str) -> Option<(Vec<String>, u16)> {
     let (name, port) = crate::target::split_port(to);
     if let Some(p) = model.pods.iter().find(|p| p.name == name) {
         return Some((vec![p.name.clone()], port.unwrap_or(*p.ports.first()?)));

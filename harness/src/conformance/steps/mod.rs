@@ -4,6 +4,7 @@
 mod canary;
 mod circuit_breaker;
 pub(crate) mod common;
+mod egress;
 mod fault_injection;
 mod jwt;
 mod latency;

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod sidecar;
 mod virtual_service;
+pub use sidecar::*;
 pub use virtual_service::*;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
