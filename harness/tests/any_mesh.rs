@@ -1,5 +1,6 @@
 //! Meshes shaped unlike PyAirtable's: the bookstore with its own suite, an unmodified
-//! Bookinfo-shaped mesh with Gateway API ingress, and `meshtest derive` round trips. Binary
+//! Bookinfo-shaped mesh with Gateway API ingress, and `meshtest derive` round trips (on the
+//! bookstore and on PyAirtable's circuit breakers). Binary
 //! tests run the real `meshtest` in a temp dir and print command, cwd, stdout and stderr.
 
 mod support;
@@ -169,6 +170,55 @@ fn a_derived_suite_holds_on_its_mesh_and_breaks_when_a_policy_is_loosened() {
         out.contains("catalog:9090 at /admin/meshtest-probe is denied by RBAC"),
         "{out}"
     );
+}
+
+#[test]
+fn a_derived_circuit_breaker_suite_holds_and_breaks_when_a_pool_is_loosened() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let pyairtable = support::pyairtable_dir();
+    run(
+        &[
+            "derive",
+            "--mesh",
+            s(&pyairtable),
+            "--out",
+            s(out_dir.path()),
+        ],
+        0,
+    );
+    let feature = out_dir.path().join("circuit_breakers.feature");
+    let text = std::fs::read_to_string(&feature).unwrap();
+    assert!(
+        text.contains(
+            "When api-gateway-0 fills auth-service's connection pool one request at a time"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Then Envoy on api-gateway-0 has ejected airtable-gateway-0 from airtable-gateway"
+        ),
+        "{text}"
+    );
+    // auth-service's pool and the table, as derived, on the mesh they came from...
+    let name = "--name=^(Every DestinationRule declares these traffic policies|auth-service's connection pool.*|A replica of airtable-gateway .*)$";
+    run(&["run", "--mesh", s(&pyairtable), s(&feature), name], 0);
+    // ... and after auth-service's pool grows by one connection.
+    let loose = mesh_copy_of(
+        &pyairtable,
+        only("traffic.yaml", |t| {
+            let at = t
+                .find("name: auth-service")
+                .expect("auth-service's DestinationRule");
+            let (head, tail) = t.split_at(at);
+            format!(
+                "{head}{}",
+                tail.replacen("maxConnections: 50", "maxConnections: 51", 1)
+            )
+        }),
+    );
+    let out = run(&["run", "--mesh", s(loose.path()), s(&feature), name], 1);
+    assert!(out.contains("2 broken"), "{out}");
 }
 
 /// Shaped like Istio's Bookinfo sample: unmodified images on port 9080 in `default`, Gateway

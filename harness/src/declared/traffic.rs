@@ -126,6 +126,69 @@ impl Outlier {
     }
 }
 
+/// The columns of a feature's DestinationRule table, after `service`.
+pub const TABLE_COLUMNS: [&str; 11] = [
+    "load balancer",
+    "max connections",
+    "pending requests",
+    "HTTP/2 requests",
+    "requests per connection",
+    "max retries",
+    "connect timeout",
+    "gateway errors",
+    "interval",
+    "base ejection",
+    "max ejection",
+];
+
+/// One traffic policy as the DestinationRule table of a feature writes it (`TABLE_COLUMNS`).
+pub fn table_row(p: Option<&crate::manifest::istio::TrafficPolicy>) -> Vec<String> {
+    let pool = p.and_then(|p| p.connection_pool.as_ref());
+    let tcp = pool.and_then(|c| c.tcp.as_ref());
+    let http = pool.and_then(|c| c.http.as_ref());
+    let od = p.and_then(|p| p.outlier_detection.as_ref());
+    let num = |v: Option<u32>| {
+        v.filter(|n| *n > 0)
+            .map_or("none".to_string(), |n| n.to_string())
+    };
+    let dur = |v: Option<&String>| v.cloned().unwrap_or_else(|| "none".into());
+    let lb = p
+        .and_then(|p| p.load_balancer.as_ref())
+        .map_or("none".to_string(), |l| {
+            match (&l.simple, &l.consistent_hash) {
+                (Some(simple), _) => format!("{simple:?}"),
+                (None, Some(_)) => "ConsistentHash".to_string(),
+                (None, None) => "none".to_string(),
+            }
+        });
+    vec![
+        screaming(&lb),
+        num(tcp.and_then(|t| t.max_connections)),
+        num(http.and_then(|h| h.http1_max_pending_requests)),
+        num(http.and_then(|h| h.http2_max_requests)),
+        num(http.and_then(|h| h.max_requests_per_connection)),
+        num(http.and_then(|h| h.max_retries)),
+        dur(tcp.and_then(|t| t.connect_timeout.as_ref())),
+        num(od.and_then(|o| o.consecutive_gateway_errors)),
+        dur(od.and_then(|o| o.interval.as_ref())),
+        dur(od.and_then(|o| o.base_ejection_time.as_ref())),
+        od.and_then(|o| o.max_ejection_percent)
+            .map_or("none".into(), |p| format!("{p}%")),
+    ]
+}
+
+/// "RoundRobin" -> "ROUND_ROBIN", as manifests spell it.
+fn screaming(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

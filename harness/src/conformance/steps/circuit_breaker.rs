@@ -50,54 +50,6 @@ async fn declared_per_connection(w: &mut MeshWorld, svc: String, n: u32) {
     w.evidence(format!("{svc}: maxRequestsPerConnection {n} ({})", p.at));
 }
 
-/// One traffic policy as the DestinationRule table of a feature writes it.
-fn describe_policy(p: Option<&crate::manifest::istio::TrafficPolicy>) -> Vec<String> {
-    let pool = p.and_then(|p| p.connection_pool.as_ref());
-    let tcp = pool.and_then(|c| c.tcp.as_ref());
-    let http = pool.and_then(|c| c.http.as_ref());
-    let od = p.and_then(|p| p.outlier_detection.as_ref());
-    let num = |v: Option<u32>| {
-        v.filter(|n| *n > 0)
-            .map_or("none".to_string(), |n| n.to_string())
-    };
-    let dur = |v: Option<&String>| v.cloned().unwrap_or_else(|| "none".into());
-    let lb = p
-        .and_then(|p| p.load_balancer.as_ref())
-        .map_or("none".to_string(), |l| {
-            match (&l.simple, &l.consistent_hash) {
-                (Some(simple), _) => format!("{simple:?}"),
-                (None, Some(_)) => "ConsistentHash".to_string(),
-                (None, None) => "none".to_string(),
-            }
-        });
-    vec![
-        screaming(&lb),
-        num(tcp.and_then(|t| t.max_connections)),
-        num(http.and_then(|h| h.http1_max_pending_requests)),
-        num(http.and_then(|h| h.http2_max_requests)),
-        num(http.and_then(|h| h.max_requests_per_connection)),
-        num(http.and_then(|h| h.max_retries)),
-        dur(tcp.and_then(|t| t.connect_timeout.as_ref())),
-        num(od.and_then(|o| o.consecutive_gateway_errors)),
-        dur(od.and_then(|o| o.interval.as_ref())),
-        dur(od.and_then(|o| o.base_ejection_time.as_ref())),
-        od.and_then(|o| o.max_ejection_percent)
-            .map_or("none".into(), |p| format!("{p}%")),
-    ]
-}
-
-/// "RoundRobin" -> "ROUND_ROBIN", as manifests spell it.
-fn screaming(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
 #[then("the DestinationRules declare these traffic policies:")]
 async fn declared_policies(w: &mut MeshWorld, step: &cucumber::gherkin::Step) {
     let (header, rows) = table(step, "| service | load balancer | ... |");
@@ -122,7 +74,7 @@ async fn declared_policies(w: &mut MeshWorld, step: &cucumber::gherkin::Step) {
         );
         for subset in subsets {
             let (policy, at) = traffic::policy(&model, svc, subset.as_deref());
-            let declared = describe_policy(policy.as_ref());
+            let declared = traffic::table_row(policy.as_ref());
             checked += 1;
             for ((column, want), got) in header[1..].iter().zip(promised).zip(&declared) {
                 if want.trim() != got {

@@ -1,7 +1,9 @@
 //! `meshtest derive`: Gherkin features written from a mesh's own policies (mTLS per pod port,
-//! the authorization matrix, ingress routes), meant to be read and committed. Each expectation
-//! is decided from the manifests by `declared`, never by running the mesh, so a suite derived
-//! today fails when a policy is loosened tomorrow.
+//! the authorization matrix, ingress routes, circuit breakers), meant to be read and committed.
+//! Each expectation is decided from the manifests by `declared`, never by running the mesh, so
+//! a suite derived today fails when a policy is loosened tomorrow.
+
+mod circuit_breakers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -29,6 +31,7 @@ pub fn features(model: &MeshModel, source: &str) -> Vec<Feature> {
         mtls(model, source),
         authorization(model, source),
         ingress(model, source),
+        circuit_breakers::circuit_breakers(model, source),
     ]
     .into_iter()
     .flatten()
@@ -462,8 +465,15 @@ mod tests {
         let names: Vec<&str> = fs.iter().map(|f| f.file.as_str()).collect();
         assert_eq!(
             names,
-            ["mtls.feature", "authorization.feature", "ingress.feature"]
+            [
+                "mtls.feature",
+                "authorization.feature",
+                "ingress.feature",
+                "circuit_breakers.feature"
+            ]
         );
+        // auth-service runs one replica: no ejection scenario; the others' pools and ejections.
+        assert_eq!(fs[3].scenarios, 8, "{}", fs[3].text);
         let mtls = &fs[0].text;
         assert!(
             mtls.contains("declare PERMISSIVE mTLS for auth-service:8081"),
