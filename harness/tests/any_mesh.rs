@@ -170,6 +170,25 @@ fn a_derived_suite_holds_on_its_mesh_and_breaks_when_a_policy_is_loosened() {
         out.contains("catalog:9090 at /admin/meshtest-probe is denied by RBAC"),
         "{out}"
     );
+    // The gateway reads its tokens from another header: the same issuer, but a bearer token is
+    // never checked, so invalid ones reach the policies instead of being refused.
+    let unchecked_tokens = mesh_copy_of(
+        &bookstore(),
+        only("security.yaml", |t| {
+            t.replacen(
+                "  - issuer: https://accounts.store.example\n",
+                "  - issuer: https://accounts.store.example\n    fromHeaders: [{name: x-store-token}]\n",
+                1,
+            )
+        }),
+    );
+    let jwt = out_dir.path().join("jwt.feature");
+    let out = run(&["run", "--mesh", s(unchecked_tokens.path()), s(&jwt)], 1);
+    assert!(out.contains("expected HTTP 401"), "{out}");
+    assert!(
+        out.contains("BROKEN promise \"The gateway refuses invalid tokens as its RequestAuthentication declares\""),
+        "{out}"
+    );
 }
 
 #[test]

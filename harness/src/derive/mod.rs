@@ -1,9 +1,10 @@
 //! `meshtest derive`: Gherkin features written from a mesh's own policies (mTLS per pod port,
-//! the authorization matrix, ingress routes, circuit breakers), meant to be read and committed.
-//! Each expectation is decided from the manifests by `declared`, never by running the mesh, so
-//! a suite derived today fails when a policy is loosened tomorrow.
+//! the authorization matrix, ingress routes, JWT refusals, circuit breakers), meant to be read
+//! and committed. Each expectation is decided from the manifests by `declared`, never by
+//! running the mesh, so a suite derived today fails when a policy is loosened tomorrow.
 
 mod circuit_breakers;
+mod jwt;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -31,6 +32,7 @@ pub fn features(model: &MeshModel, source: &str) -> Vec<Feature> {
         mtls(model, source),
         authorization(model, source),
         ingress(model, source),
+        jwt::jwt(model, source),
         circuit_breakers::circuit_breakers(model, source),
     ]
     .into_iter()
@@ -353,11 +355,16 @@ fn ingress_probes(
     candidates
 }
 
-fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
-    let mut rows = Vec::new();
-    let mut splits = Vec::new();
-    let mut seen = BTreeSet::new();
-    let gateway_port = model
+/// The gateway's plain HTTP port and Host, and each path to probe with the route it really
+/// takes (an earlier route may shadow a later one's path), once.
+struct IngressPaths {
+    port: u16,
+    host: String,
+    paths: Vec<(String, crate::declared::DeclaredRoute)>,
+}
+
+fn ingress_paths(model: &MeshModel) -> Option<IngressPaths> {
+    let port = model
         .manifests
         .gateways
         .iter()
@@ -369,14 +376,27 @@ fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
         let req = crate::declared::RouteRequest::get(path);
         crate::declared::routes::gateway_route(model, &host, &req).filter(|r| r.fault.is_none())
     };
+    let mut seen = BTreeSet::new();
+    let mut paths = Vec::new();
     for path in ingress_probes(model, &route_of) {
-        // Only the route the request really takes (an earlier one may shadow it).
-        let Some(route) = route_of(&path) else {
-            continue;
-        };
-        if !seen.insert(path.clone()) {
-            continue;
+        if let Some(route) = route_of(&path)
+            && seen.insert(path.clone())
+        {
+            paths.push((path, route));
         }
+    }
+    Some(IngressPaths { port, host, paths })
+}
+
+fn ingress(model: &MeshModel, source: &str) -> Option<Feature> {
+    let mut rows = Vec::new();
+    let mut splits = Vec::new();
+    let IngressPaths {
+        port: gateway_port,
+        host,
+        paths,
+    } = ingress_paths(model)?;
+    for (path, route) in paths {
         let ask = Ask {
             port: gateway_port,
             path: &path,
@@ -469,11 +489,14 @@ mod tests {
                 "mtls.feature",
                 "authorization.feature",
                 "ingress.feature",
+                "jwt.feature",
                 "circuit_breakers.feature"
             ]
         );
+        // Four invalid tokens at each of the five ingress paths.
+        assert_eq!(fs[3].scenarios, 20, "{}", fs[3].text);
         // auth-service runs one replica: no ejection scenario; the others' pools and ejections.
-        assert_eq!(fs[3].scenarios, 8, "{}", fs[3].text);
+        assert_eq!(fs[4].scenarios, 8, "{}", fs[4].text);
         let mtls = &fs[0].text;
         assert!(
             mtls.contains("declare PERMISSIVE mTLS for auth-service:8081"),
