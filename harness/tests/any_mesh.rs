@@ -192,7 +192,7 @@ fn a_derived_suite_holds_on_its_mesh_and_breaks_when_a_policy_is_loosened() {
 }
 
 #[test]
-fn a_derived_circuit_breaker_suite_holds_and_breaks_when_a_pool_is_loosened() {
+fn derived_circuit_breakers_and_fault_gates_break_when_loosened() {
     let out_dir = tempfile::tempdir().unwrap();
     let pyairtable = support::pyairtable_dir();
     run(
@@ -238,6 +238,29 @@ fn a_derived_circuit_breaker_suite_holds_and_breaks_when_a_pool_is_loosened() {
     );
     let out = run(&["run", "--mesh", s(loose.path()), s(&feature), name], 1);
     assert!(out.contains("2 broken"), "{out}");
+    // The chaos-testing route without its header gate: requests without it get its faults.
+    let ungated = mesh_copy_of(
+        &pyairtable,
+        only("traffic.yaml", |t| {
+            t.replacen(
+                "  - name: chaos-testing\n    match:\n    - headers:\n        x-chaos-test:\n          exact: enabled\n",
+                "  - name: chaos-testing\n",
+                1,
+            )
+        }),
+    );
+    let faults = out_dir.path().join("faults.feature");
+    let out = run(
+        &[
+            "run",
+            "--mesh",
+            s(ungated.path()),
+            s(&faults),
+            "--name=^Without x-chaos-test",
+        ],
+        1,
+    );
+    assert!(out.contains("1 broken"), "{out}");
 }
 
 /// Shaped like Istio's Bookinfo sample: unmodified images on port 9080 in `default`, Gateway

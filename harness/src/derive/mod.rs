@@ -1,9 +1,10 @@
 //! `meshtest derive`: Gherkin features written from a mesh's own policies (mTLS per pod port,
-//! the authorization matrix, ingress routes, JWT refusals, circuit breakers), meant to be read
-//! and committed. Each expectation is decided from the manifests by `declared`, never by
+//! the authorization matrix, ingress routes, JWT refusals, gated faults, circuit breakers),
+//! meant to be read and committed. Each expectation is decided from the manifests by `declared`, never by
 //! running the mesh, so a suite derived today fails when a policy is loosened tomorrow.
 
 mod circuit_breakers;
+mod faults;
 mod jwt;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +34,7 @@ pub fn features(model: &MeshModel, source: &str) -> Vec<Feature> {
         authorization(model, source),
         ingress(model, source),
         jwt::jwt(model, source),
+        faults::faults(model, source),
         circuit_breakers::circuit_breakers(model, source),
     ]
     .into_iter()
@@ -490,13 +492,17 @@ mod tests {
                 "authorization.feature",
                 "ingress.feature",
                 "jwt.feature",
+                "faults.feature",
                 "circuit_breakers.feature"
             ]
         );
         // Four invalid tokens at each of the five ingress paths.
         assert_eq!(fs[3].scenarios, 20, "{}", fs[3].text);
         // auth-service runs one replica: no ejection scenario; the others' pools and ejections.
-        assert_eq!(fs[4].scenarios, 8, "{}", fs[4].text);
+        assert_eq!(fs[5].scenarios, 8, "{}", fs[5].text);
+        // The chaos-testing route's rates with its header, and nothing without it.
+        assert_eq!(fs[4].scenarios, 2, "{}", fs[4].text);
+        assert!(fs[4].text.contains("Given the ingress route chaos-testing declares a 2s delay for 1% and a 503 abort for 0.5% of requests"), "{}", fs[4].text);
         let mtls = &fs[0].text;
         assert!(
             mtls.contains("declare PERMISSIVE mTLS for auth-service:8081"),
