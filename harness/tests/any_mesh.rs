@@ -192,7 +192,7 @@ fn a_derived_suite_holds_on_its_mesh_and_breaks_when_a_policy_is_loosened() {
 }
 
 #[test]
-fn derived_circuit_breakers_and_fault_gates_break_when_loosened() {
+fn derived_circuit_breakers_fault_gates_and_rate_limits_break_when_loosened() {
     let out_dir = tempfile::tempdir().unwrap();
     let pyairtable = support::pyairtable_dir();
     run(
@@ -257,6 +257,25 @@ fn derived_circuit_breakers_and_fault_gates_break_when_loosened() {
             s(ungated.path()),
             s(&faults),
             "--name=^Without x-chaos-test",
+        ],
+        1,
+    );
+    assert!(out.contains("1 broken"), "{out}");
+    // The free tier's bucket one request deeper: the tenant gets one request too many.
+    let deeper = mesh_copy_of(
+        &pyairtable,
+        only("ratelimit.yaml", |t| {
+            t.replacen("max_tokens: 100\n", "max_tokens: 101\n", 1)
+        }),
+    );
+    let limits = out_dir.path().join("rate_limits.feature");
+    let out = run(
+        &[
+            "run",
+            "--mesh",
+            s(deeper.path()),
+            s(&limits),
+            "--name=^A free-tier tenant",
         ],
         1,
     );

@@ -1,11 +1,12 @@
 //! `meshtest derive`: Gherkin features written from a mesh's own policies (mTLS per pod port,
-//! the authorization matrix, ingress routes, JWT refusals, gated faults, circuit breakers),
-//! meant to be read and committed. Each expectation is decided from the manifests by `declared`, never by
+//! the authorization matrix, ingress routes, JWT refusals, gated faults, rate limits, circuit
+//! breakers), meant to be read and committed. Each expectation is decided from the manifests by `declared`, never by
 //! running the mesh, so a suite derived today fails when a policy is loosened tomorrow.
 
 mod circuit_breakers;
 mod faults;
 mod jwt;
+mod rate_limits;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -35,6 +36,7 @@ pub fn features(model: &MeshModel, source: &str) -> Vec<Feature> {
         ingress(model, source),
         jwt::jwt(model, source),
         faults::faults(model, source),
+        rate_limits::rate_limits(model, source),
         circuit_breakers::circuit_breakers(model, source),
     ]
     .into_iter()
@@ -493,13 +495,21 @@ mod tests {
                 "ingress.feature",
                 "jwt.feature",
                 "faults.feature",
+                "rate_limits.feature",
                 "circuit_breakers.feature"
             ]
+        );
+        // The buckets' table and one scenario per tier (enterprise's 10000 @slow).
+        assert_eq!(fs[5].scenarios, 4, "{}", fs[5].text);
+        assert!(
+            fs[5]
+                .text
+                .contains("  @slow\n  Scenario: An enterprise-tier tenant")
         );
         // Four invalid tokens at each of the five ingress paths.
         assert_eq!(fs[3].scenarios, 20, "{}", fs[3].text);
         // auth-service runs one replica: no ejection scenario; the others' pools and ejections.
-        assert_eq!(fs[5].scenarios, 8, "{}", fs[5].text);
+        assert_eq!(fs[6].scenarios, 8, "{}", fs[6].text);
         // The chaos-testing route's rates with its header, and nothing without it.
         assert_eq!(fs[4].scenarios, 2, "{}", fs[4].text);
         assert!(fs[4].text.contains("Given the ingress route chaos-testing declares a 2s delay for 1% and a 503 abort for 0.5% of requests"), "{}", fs[4].text);
