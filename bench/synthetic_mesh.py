@@ -5,8 +5,8 @@ DestinationRule with a pool and outlier detection per service, and a gateway rou
 first. With --sidecars, each service also gets a Sidecar whose egress hosts are the next service
 of the chain only (Istio's advice for large meshes: each proxy then carries one service's
 clusters and routes, not every service's); --registry-only also sets their
-outboundTrafficPolicy to REGISTRY_ONLY (with Istio's default ALLOW_ANY, meshtest gives each
-proxy a plaintext passthrough cluster per other service).
+outboundTrafficPolicy to REGISTRY_ONLY (with Istio's default ALLOW_ANY each proxy keeps a
+passthrough route per other service, to one PassthroughCluster).
 Usage: synthetic_mesh.py SERVICES REPLICAS OUT_DIR [--sidecars [--registry-only]]"""
 import os
 import sys

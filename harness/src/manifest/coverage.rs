@@ -65,7 +65,7 @@ pub const COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "Sidecar",
-        "workloadSelector (else the namespace's, else the root namespace's default), egress hosts (`namespace/dnsName` with `*`, `.`, `~`, wildcards) and port: a proxy gets clusters and routes for those services only; outboundTrafficPolicy (and meshConfig's): ALLOW_ANY sends other calls out in plaintext to the service's pods (Istio's PassthroughCluster), REGISTRY_ONLY answers them 502",
+        "workloadSelector (else the namespace's, else the root namespace's default), egress hosts (`namespace/dnsName` with `*`, `.`, `~`, wildcards) and port: a proxy gets clusters and routes for those services only; outboundTrafficPolicy (and meshConfig's): ALLOW_ANY sends other calls out in plaintext (Istio's ORIGINAL_DST PassthroughCluster, to the service's first pod; a plaintext cluster per TCP port), REGISTRY_ONLY answers them 502",
         "ingress listeners, inboundConnectionPool, egress bind and captureMode, outboundTrafficPolicy.egressProxy",
     ),
     (

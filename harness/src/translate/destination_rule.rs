@@ -34,6 +34,7 @@ pub fn outbound_clusters(
     scope: &SidecarScope,
 ) -> Result<Vec<Value>, InputError> {
     let mut clusters = Vec::new();
+    let mut passthrough = false;
     for service in &model.services {
         let (seen, unseen): (Vec<&ServicePort>, Vec<&ServicePort>) = service
             .ports
@@ -41,9 +42,13 @@ pub fn outbound_clusters(
             .partition(|p| scope.sees(service, p.port));
         if scope.mode == OutboundMode::AllowAny {
             for port in unseen {
-                clusters.push(sidecar_scope::passthrough_cluster(
-                    model, service, port, endpoints,
-                ));
+                if port.protocol.is_http() {
+                    passthrough = true;
+                } else {
+                    clusters.push(sidecar_scope::passthrough_tcp_cluster(
+                        model, service, port, endpoints,
+                    ));
+                }
             }
         }
         if seen.is_empty() {
@@ -71,6 +76,9 @@ pub fn outbound_clusters(
                 )?);
             }
         }
+    }
+    if passthrough {
+        clusters.push(sidecar_scope::passthrough_http_cluster());
     }
     Ok(clusters)
 }
@@ -385,11 +393,7 @@ mod tests {
             clusters[0]["ring_hash_lb_config"]["minimum_ring_size"],
             1024
         );
-        let hosts = crate::translate::virtual_service::mesh_virtual_hosts(
-            &model,
-            &crate::translate::tests::all(),
-        )
-        .unwrap();
+        let hosts = crate::translate::tests::all_virtual_hosts(&model);
         assert_eq!(
             hosts[0]["routes"][0]["route"]["hash_policy"],
             json!([{"cookie": {"name": "session", "ttl": "60s"}}])

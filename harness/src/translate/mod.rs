@@ -109,6 +109,14 @@ pub(crate) mod tests {
         crate::translate::sidecar_scope::SidecarScope::everything(Default::default())
     }
 
+    /// The outbound virtual hosts of a sidecar no Sidecar narrows.
+    pub fn all_virtual_hosts(model: &MeshModel) -> Vec<serde_json::Value> {
+        crate::translate::virtual_service::mesh_virtual_hosts(model, &all(), &|_| {
+            IpAddr::from([127, 0, 0, 1])
+        })
+        .unwrap()
+    }
+
     pub fn certs() -> CertFiles {
         CertFiles {
             ca: "/run/ca.pem".into(),

@@ -168,7 +168,7 @@ pub fn sidecar(
     let outbound_filters = http_filters(model, &workload, Context::SidecarOutbound, vec![fault()])?;
     let outbound_routes = json!({
         "name": "outbound",
-        "virtual_hosts": virtual_service::mesh_virtual_hosts(model, &scope)?,
+        "virtual_hosts": virtual_service::mesh_virtual_hosts(model, &scope, endpoints)?,
         "validate_clusters": false,
     });
     listeners.push(json!({
@@ -404,11 +404,12 @@ mod tests {
         assert_eq!(
             names(&allow),
             [
-                "PassthroughCluster|8080|svc.ns.svc.cluster.local",
-                "outbound|5000||db.ns.svc.cluster.local"
+                "outbound|5000||db.ns.svc.cluster.local",
+                "PassthroughCluster"
             ]
         );
-        let passthrough = &allow.clusters[0];
+        let passthrough = &allow.clusters[1];
+        assert_eq!(passthrough["type"], "ORIGINAL_DST");
         assert!(
             passthrough.get("transport_socket").is_none(),
             "{passthrough}"

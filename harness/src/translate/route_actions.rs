@@ -201,7 +201,6 @@ fn cors(c: &CorsPolicy, origin: &Origin, field: &str) -> Result<Value, InputErro
 #[cfg(test)]
 mod tests {
     use crate::translate::tests::model_of;
-    use crate::translate::virtual_service::mesh_virtual_hosts;
     use serde_json::json;
 
     #[test]
@@ -209,7 +208,7 @@ mod tests {
         let model = model_of(
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: ns}\nspec:\n  hosts: [svc]\n  http:\n  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new, redirectCode: 302}\n  - match: [{uri: {prefix: /v1/}, queryParams: {debug: {exact: '1'}}, ignoreUriCase: true}]\n    rewrite: {uri: /, authority: backend.local}\n    headers:\n      request: {set: {x-env: test}, remove: [x-secret]}\n      response: {add: {x-served-by: mesh}}\n    corsPolicy: {allowOrigins: [{exact: 'https://a.example'}], allowMethods: [GET, POST], maxAge: 24h}\n    mirror: {host: svc}\n    mirrorPercentage: {value: 25}\n    route: [{destination: {host: svc}}]\n",
         );
-        let hosts = mesh_virtual_hosts(&model, &crate::translate::tests::all()).unwrap();
+        let hosts = crate::translate::tests::all_virtual_hosts(&model);
         let routes = hosts[0]["routes"].as_array().unwrap();
         assert_eq!(
             routes[0]["redirect"],

@@ -255,33 +255,69 @@ pub fn unmatched_hosts(model: &MeshModel) -> Vec<String> {
     out
 }
 
-/// The PassthroughCluster's stand-in for `port` of a service outside a sidecar's scope:
-/// plaintext, no DestinationRule, to the service's pods.
-pub fn passthrough_cluster_name(service: &Service, port: u16) -> String {
-    format!("PassthroughCluster|{port}|{}", service.fqdn())
+/// Istio's PassthroughCluster: an ORIGINAL_DST cluster. Here the app reaches its sidecar on a
+/// Unix socket, so there is no original destination address: the route of a service outside
+/// the scope names one of its pods in Envoy's `x-envoy-original-dst-host` header instead
+/// (`passthrough_route`). The downstream's protocol is kept, as Istio keeps it.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
+
+pub fn passthrough_http_cluster() -> Value {
+    json!({
+        "name": PASSTHROUGH_CLUSTER,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "10s",
+        "original_dst_lb_config": {"use_http_header": true},
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "use_downstream_protocol_config": {},
+        }},
+    })
 }
 
-pub fn passthrough_cluster(
+/// The route of `port` of a service outside the scope (ALLOW_ANY): to the PassthroughCluster,
+/// at the service's first pod (kube-proxy would pick one per connection; here it is always the
+/// same), or None when the service has no pod.
+pub fn passthrough_route(
+    model: &MeshModel,
+    service: &Service,
+    port: &crate::model::ServicePort,
+    endpoints: &Endpoints<'_>,
+) -> Option<Value> {
+    let pod = model.pods_of(service).next()?;
+    let address = std::net::SocketAddr::new(endpoints(pod), port.target_port);
+    Some(json!({
+        "name": "allow_any",
+        "match": {"prefix": "/"},
+        "route": {"cluster": PASSTHROUGH_CLUSTER, "timeout": "0s"},
+        "request_headers_to_add": [{"header": {"key": ORIGINAL_DST_HEADER, "value": address.to_string()}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+    }))
+}
+
+/// A TCP port outside the scope (ALLOW_ANY): tcp_proxy has no header to carry an address, so
+/// each such port gets a plaintext cluster of the service's pods.
+pub fn passthrough_tcp_cluster_name(service: &Service, port: u16) -> String {
+    format!("{PASSTHROUGH_CLUSTER}|{port}|{}", service.fqdn())
+}
+
+pub fn passthrough_tcp_cluster(
     model: &MeshModel,
     service: &Service,
     port: &crate::model::ServicePort,
     endpoints: &Endpoints<'_>,
 ) -> Value {
-    let name = passthrough_cluster_name(service, port.port);
+    let name = passthrough_tcp_cluster_name(service, port.port);
     let lb_endpoints: Vec<Value> = model
         .pods_of(service)
         .map(|p| json!({"endpoint": {"address": {"socket_address": {"address": endpoints(p).to_string(), "port_value": port.target_port}}}}))
         .collect();
-    let mut c = json!({
+    json!({
         "name": name,
         "type": "STATIC",
         "connect_timeout": "10s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
-    });
-    if port.protocol.h2() {
-        c["typed_extension_protocol_options"] = super::destination_rule::http2_options();
-    }
-    c
+    })
 }
 
 /// REGISTRY_ONLY's catch-all: any other host is a 502, as Istio's `block_all` route answers.

@@ -10,7 +10,7 @@ use crate::model::{MeshModel, Protocol, Workload};
 use super::authorization_policy::rbac_network_filters;
 use super::destination_rule::cluster_name;
 use super::proxy::{SidecarPlacement, inbound_cluster_name};
-use super::sidecar_scope::{SidecarScope, passthrough_cluster_name};
+use super::sidecar_scope::{SidecarScope, passthrough_tcp_cluster_name};
 use crate::manifest::istio::OutboundMode;
 
 fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
@@ -49,7 +49,7 @@ pub fn outbound_listeners(
             let cluster = if scope.sees(service, port.port) {
                 cluster_name(service, port.port, None)
             } else if scope.mode == OutboundMode::AllowAny {
-                passthrough_cluster_name(service, port.port)
+                passthrough_tcp_cluster_name(service, port.port)
             } else {
                 continue;
             };

@@ -12,7 +12,7 @@ use crate::model::{MeshModel, Service};
 
 use super::destination_rule::{cluster_name, hash_policy};
 use super::sidecar_scope::{self, SidecarScope};
-use super::{duration, route_actions};
+use super::{Endpoints, duration, route_actions};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -43,6 +43,7 @@ pub fn binds_gateway(
 pub fn mesh_virtual_hosts(
     model: &MeshModel,
     scope: &SidecarScope,
+    endpoints: &Endpoints<'_>,
 ) -> Result<Vec<Value>, InputError> {
     let mut hosts = Vec::new();
     for service in &model.services {
@@ -52,10 +53,10 @@ pub fn mesh_virtual_hosts(
                 if scope.mode == OutboundMode::RegistryOnly {
                     continue;
                 }
-                let cluster = sidecar_scope::passthrough_cluster_name(service, port.port);
-                vec![
-                    json!({"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}),
-                ]
+                match sidecar_scope::passthrough_route(model, service, port, endpoints) {
+                    Some(route) => vec![route],
+                    None => continue,
+                }
             } else {
                 match vs {
                     Some(vs) => routes(model, vs, Some(port.port))?,
@@ -542,7 +543,7 @@ mod tests {
     #[test]
     fn mesh_hosts_cover_every_dns_name() {
         let model = pyairtable_model();
-        let hosts = mesh_virtual_hosts(&model, &crate::translate::tests::all()).unwrap();
+        let hosts = crate::translate::tests::all_virtual_hosts(&model);
         let auth = hosts
             .iter()
             .find(|h| h["name"] == "auth-service.pyairtable.svc.cluster.local:8080")
