@@ -52,7 +52,8 @@ impl Block {
         let s = model
             .services
             .iter()
-            .position(|s| s.name == pod.service)
+            // Two namespaces may each have a service of the same name.
+            .position(|s| s.name == pod.service && s.namespace == pod.namespace)
             .expect("pod's service exists") as u8
             + 1;
         Ipv4Addr::new(127, self.octet, s, pod.ordinal as u8 + 1)
@@ -176,4 +177,19 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_named_services_in_two_namespaces_get_their_own_addresses() {
+        let twin = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: twin, namespace: data}\nspec:\n  selector: {matchLabels: {app: twin}}\n  template:\n    metadata: {labels: {app: twin}}\n    spec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: data}\nspec:\n  selector: {app: twin}\n  ports: [{port: 8080, name: http}]\n---\n";
+        let model = crate::translate::tests::model_of(twin);
+        let block = Block::claim().unwrap();
+        let ips: std::collections::BTreeSet<Ipv4Addr> =
+            model.pods.iter().map(|p| block.pod_ip(&model, p)).collect();
+        assert_eq!(ips.len(), model.pods.len(), "{ips:?}");
+    }
 }

@@ -27,6 +27,9 @@ pub struct SidecarScope {
     /// (service FQDN, port) pairs the proxy is programmed for; `None`: every one.
     visible: Option<BTreeSet<(String, u16)>>,
     pub mode: OutboundMode,
+    /// The proxy's namespace, whose services it also reaches by their short names (as
+    /// Kubernetes DNS resolves them); `None`: every service by its short name.
+    pub namespace: Option<String>,
 }
 
 impl SidecarScope {
@@ -36,6 +39,7 @@ impl SidecarScope {
         SidecarScope {
             visible: None,
             mode,
+            namespace: None,
         }
     }
 
@@ -43,8 +47,12 @@ impl SidecarScope {
     /// namespace's default, else the root namespace's default, else everything.
     pub fn of(model: &MeshModel, workload: &Workload) -> Result<SidecarScope, InputError> {
         let mesh_mode = mesh_outbound_mode(model);
+        let namespace = Some(workload.namespace.clone());
         let Some(sidecar) = applicable(model, workload)? else {
-            return Ok(SidecarScope::everything(mesh_mode));
+            return Ok(SidecarScope {
+                namespace,
+                ..SidecarScope::everything(mesh_mode)
+            });
         };
         // `.` in the root namespace's default means the workload's own namespace.
         let own_namespace = if sidecar.namespace() == ROOT_NAMESPACE {
@@ -82,7 +90,15 @@ impl SidecarScope {
         Ok(SidecarScope {
             visible: Some(visible),
             mode,
+            namespace,
         })
+    }
+
+    /// Does the proxy reach `service` by its bare name (a service of its own namespace)?
+    pub fn by_short_name(&self, service: &Service) -> bool {
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| *ns == service.namespace)
     }
 
     /// Is the proxy programmed for `port` of `service`?
@@ -377,6 +393,42 @@ mod tests {
     fn wildcards_and_the_none_namespace() {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: ns}\nspec:\n  egress: [{hosts: ['*/*.data.svc.cluster.local', '~/*']}]\n";
         assert_eq!(sees(yaml, "svc", "ns").0.len(), 2);
+    }
+
+    #[test]
+    fn bare_names_only_for_the_proxys_own_namespace() {
+        // A second `svc`, in namespace data: each proxy reaches its own namespace's by `svc`.
+        let twin = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: twin, namespace: data}\nspec:\n  selector: {matchLabels: {app: twin}}\n  template:\n    metadata: {labels: {app: twin}}\n    spec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: data}\nspec:\n  selector: {app: twin}\n  ports: [{port: 8080, name: http}]\n---\n";
+        let model = model_of(twin);
+        let workload = Workload {
+            namespace: "data".into(),
+            labels: [("app".to_string(), "twin".to_string())].into(),
+        };
+        let scope = SidecarScope::of(&model, &workload).unwrap();
+        let hosts = crate::translate::virtual_service::mesh_virtual_hosts(&model, &scope, &|_| {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        })
+        .unwrap();
+        let mut all = BTreeSet::new();
+        for h in &hosts {
+            for d in h["domains"].as_array().unwrap() {
+                assert!(all.insert(d.as_str().unwrap().to_string()), "{d} twice");
+            }
+        }
+        let owner = |domain: &str| {
+            hosts
+                .iter()
+                .find(|h| h["domains"].as_array().unwrap().iter().any(|d| d == domain))
+                .map(|h| h["name"].as_str().unwrap().to_string())
+        };
+        assert_eq!(
+            owner("svc").as_deref(),
+            Some("svc.data.svc.cluster.local:8080")
+        );
+        assert_eq!(
+            owner("svc.ns").as_deref(),
+            Some("svc.ns.svc.cluster.local:8080")
+        );
     }
 
     #[test]

@@ -36,10 +36,10 @@ pub fn binds_gateway(
 }
 
 /// The outbound virtual hosts of a sidecar: one per service port, reachable by every name
-/// Kubernetes DNS gives the service (with the port; without it for the service's first port),
-/// routed by the mesh VirtualService for it or straight to its cluster. A port outside the
-/// sidecar's `scope` goes to its PassthroughCluster stand-in (ALLOW_ANY) or nowhere, with
-/// REGISTRY_ONLY's 502 for every host the proxy does not know.
+/// Kubernetes DNS gives the service from the sidecar's namespace (with the port; without it for
+/// the service's first port), routed by the mesh VirtualService for it or straight to its
+/// cluster. A port outside the sidecar's `scope` goes to the PassthroughCluster (ALLOW_ANY) or
+/// nowhere, with REGISTRY_ONLY's 502 for every host the proxy does not know.
 pub fn mesh_virtual_hosts(
     model: &MeshModel,
     scope: &SidecarScope,
@@ -63,14 +63,17 @@ pub fn mesh_virtual_hosts(
                     None => vec![default_route(model, service, port.port)?],
                 }
             };
+            // The bare name only for the proxy's own namespace, as Istio (and Kubernetes DNS)
+            // resolve it: two namespaces may each have a service of that name.
+            let short = scope.by_short_name(service).then(|| service.name.clone());
             let names = [
-                service.name.clone(),
                 format!("{}.{}", service.name, service.namespace),
                 format!("{}.{}.svc", service.name, service.namespace),
                 service.fqdn(),
             ];
-            let domains: Vec<String> = names
+            let domains: Vec<String> = short
                 .iter()
+                .chain(&names)
                 .flat_map(|n| {
                     let with_port = format!("{n}:{}", port.port);
                     if i == 0 {
