@@ -44,6 +44,28 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Runs `feature`'s scenarios matching `name` against a copy of `mesh` whose `file` is edited:
+/// it must exit 1 with exactly `broken` of them BROKEN. Returns the output.
+fn breaks_after(
+    mesh: &Path,
+    file: &'static str,
+    edit: impl Fn(String) -> String,
+    feature: &Path,
+    name: &str,
+    broken: usize,
+) -> String {
+    let loose = mesh_copy_of(mesh, only(file, edit));
+    let out = run(
+        &["run", "--mesh", s(loose.path()), s(feature), "--name", name],
+        1,
+    );
+    assert!(
+        out.contains(&format!(" {broken} broken")),
+        "{name}: expected {broken} BROKEN:\n{out}"
+    );
+    out
+}
+
 #[test]
 fn the_bookstore_suite_holds_and_a_loosened_policy_breaks_it() {
     let features = bookstore().join("features");
@@ -82,26 +104,12 @@ fn the_bookstore_egress_scenarios_break_when_a_sidecar_is_loosened() {
         ),
     ];
     for (from, to, scenario) in cases {
-        let loose = mesh_copy_of(
-            &bookstore(),
-            only("egress.yaml", |t| {
-                assert!(t.contains(from), "egress.yaml no longer has {from:?}");
-                t.replace(from, to)
-            }),
-        );
         let name = format!("^{}$", regex_escape(scenario));
-        let out = run(
-            &[
-                "run",
-                "--mesh",
-                s(loose.path()),
-                s(&features),
-                "--name",
-                &name,
-            ],
-            1,
-        );
-        assert!(out.contains("1 broken"), "{scenario}:\n{out}");
+        let edit = |t: String| {
+            assert!(t.contains(from), "egress.yaml no longer has {from:?}");
+            t.replace(from, to)
+        };
+        breaks_after(&bookstore(), "egress.yaml", edit, &features, &name, 1);
     }
 }
 
@@ -220,66 +228,51 @@ fn derived_circuit_breakers_fault_gates_and_rate_limits_break_when_loosened() {
         "{text}"
     );
     // auth-service's pool and the table, as derived, on the mesh they came from...
-    let name = "--name=^(Every DestinationRule declares these traffic policies|auth-service's connection pool.*|A replica of airtable-gateway .*)$";
-    run(&["run", "--mesh", s(&pyairtable), s(&feature), name], 0);
+    let name = "^(Every DestinationRule declares these traffic policies|auth-service's connection pool.*|A replica of airtable-gateway .*)$";
+    run(
+        &["run", "--mesh", s(&pyairtable), s(&feature), "--name", name],
+        0,
+    );
     // ... and after auth-service's pool grows by one connection.
-    let loose = mesh_copy_of(
-        &pyairtable,
-        only("traffic.yaml", |t| {
-            let at = t
-                .find("name: auth-service")
-                .expect("auth-service's DestinationRule");
-            let (head, tail) = t.split_at(at);
-            format!(
-                "{head}{}",
-                tail.replacen("maxConnections: 50", "maxConnections: 51", 1)
-            )
-        }),
-    );
-    let out = run(&["run", "--mesh", s(loose.path()), s(&feature), name], 1);
-    assert!(out.contains("2 broken"), "{out}");
+    let grown = |t: String| {
+        let at = t
+            .find("name: auth-service")
+            .expect("auth-service's DestinationRule");
+        let (head, tail) = t.split_at(at);
+        format!(
+            "{head}{}",
+            tail.replacen("maxConnections: 50", "maxConnections: 51", 1)
+        )
+    };
+    breaks_after(&pyairtable, "traffic.yaml", grown, &feature, name, 2);
     // The chaos-testing route without its header gate: requests without it get its faults.
-    let ungated = mesh_copy_of(
-        &pyairtable,
-        only("traffic.yaml", |t| {
-            t.replacen(
-                "  - name: chaos-testing\n    match:\n    - headers:\n        x-chaos-test:\n          exact: enabled\n",
-                "  - name: chaos-testing\n",
-                1,
-            )
-        }),
-    );
+    let ungated = |t: String| {
+        t.replacen(
+            "  - name: chaos-testing\n    match:\n    - headers:\n        x-chaos-test:\n          exact: enabled\n",
+            "  - name: chaos-testing\n",
+            1,
+        )
+    };
     let faults = out_dir.path().join("faults.feature");
-    let out = run(
-        &[
-            "run",
-            "--mesh",
-            s(ungated.path()),
-            s(&faults),
-            "--name=^Without x-chaos-test",
-        ],
-        1,
-    );
-    assert!(out.contains("1 broken"), "{out}");
-    // The free tier's bucket one request deeper: the tenant gets one request too many.
-    let deeper = mesh_copy_of(
+    breaks_after(
         &pyairtable,
-        only("ratelimit.yaml", |t| {
-            t.replacen("max_tokens: 100\n", "max_tokens: 101\n", 1)
-        }),
-    );
-    let limits = out_dir.path().join("rate_limits.feature");
-    let out = run(
-        &[
-            "run",
-            "--mesh",
-            s(deeper.path()),
-            s(&limits),
-            "--name=^A free-tier tenant",
-        ],
+        "traffic.yaml",
+        ungated,
+        &faults,
+        "^Without x-chaos-test",
         1,
     );
-    assert!(out.contains("1 broken"), "{out}");
+    // The free tier's bucket one request deeper than derived: its declared-bucket step fails.
+    let deeper = |t: String| t.replacen("max_tokens: 100\n", "max_tokens: 101\n", 1);
+    let limits = out_dir.path().join("rate_limits.feature");
+    breaks_after(
+        &pyairtable,
+        "ratelimit.yaml",
+        deeper,
+        &limits,
+        "^A free-tier tenant",
+        1,
+    );
 }
 
 /// Shaped like Istio's Bookinfo sample: unmodified images on port 9080 in `default`, Gateway

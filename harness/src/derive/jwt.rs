@@ -16,15 +16,7 @@ const INVALID: [&str; 4] = [
 
 pub(super) fn jwt(model: &MeshModel, source: &str) -> Option<Feature> {
     let rules: Vec<_> = model
-        .manifests
-        .request_authentications
-        .iter()
-        .filter(|r| {
-            model.ingress.selected_by(
-                r.namespace(),
-                r.spec.selector.as_ref().map(|s| &s.match_labels),
-            )
-        })
+        .request_authentications_for(&model.ingress)
         .flat_map(|r| r.spec.jwt_rules.iter())
         .collect();
     // A rule reading the token from another header never sees the step's bearer token.

@@ -458,6 +458,22 @@ impl MeshModel {
             .expect("every pod belongs to a service")
     }
 
+    /// The RequestAuthentications that apply to `workload` (its namespace's and the root
+    /// namespace's, by selector).
+    pub fn request_authentications_for<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> impl Iterator<
+        Item = &'a crate::manifest::Resource<crate::manifest::istio::RequestAuthenticationSpec>,
+    > + 'a {
+        self.manifests.request_authentications.iter().filter(|r| {
+            workload.selected_by(
+                r.namespace(),
+                r.spec.selector.as_ref().map(|s| &s.match_labels),
+            )
+        })
+    }
+
     /// Every jwksUri the RequestAuthentications name.
     pub fn jwks_uris(&self) -> Vec<String> {
         let mut uris: Vec<String> = self

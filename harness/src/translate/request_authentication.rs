@@ -20,14 +20,8 @@ pub const UNFETCHED_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","alg":"ES
 
 /// The jwt_authn filter for a workload, or None when no RequestAuthentication selects it.
 pub fn jwt_filter(model: &MeshModel, workload: &Workload) -> Result<Option<Value>, InputError> {
-    let manifests = &model.manifests;
     let mut providers = Map::new();
-    for ra in manifests.request_authentications.iter().filter(|r| {
-        workload.selected_by(
-            r.namespace(),
-            r.spec.selector.as_ref().map(|s| &s.match_labels),
-        )
-    }) {
+    for ra in model.request_authentications_for(workload) {
         for (i, rule) in ra.spec.jwt_rules.iter().enumerate() {
             let field = format!("spec.jwtRules[{i}]");
             let jwks = match (&rule.jwks, &rule.jwks_uri) {

@@ -60,15 +60,7 @@ async fn a_token(w: &mut MeshWorld, kind: String, tenant: String, tier: String) 
 async fn gateway_trusts(w: &mut MeshWorld, issuer: String) {
     let model = crate::declared::model(w.target.manifests());
     let trusted: Vec<String> = model
-        .manifests
-        .request_authentications
-        .iter()
-        .filter(|r| {
-            model.ingress.selected_by(
-                r.namespace(),
-                r.spec.selector.as_ref().map(|s| &s.match_labels),
-            )
-        })
+        .request_authentications_for(&model.ingress)
         .flat_map(|r| {
             r.spec
                 .jwt_rules
